@@ -1,0 +1,118 @@
+"""SAM's prompt encoder: points, boxes and a low-res mask -> sparse and dense embeddings."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .common import LayerNorm2d
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features of normalised XY coordinates: [sin, cos] of 2π·(2x−1)·G."""
+
+    def __init__(self, num_pos_feats: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
+
+    def _encode(self, coords: torch.Tensor) -> torch.Tensor:
+        """coords in [0, 1], shape (..., 2) -> (..., 2·num_pos_feats)."""
+        coords = 2 * coords - 1
+        coords = coords @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
+        """Encoding of every cell centre of an h×w grid: C, h, w."""
+        h, w = size
+        matrix = self.positional_encoding_gaussian_matrix
+        ys = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
+        grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
+        return self._encode(grid).permute(2, 0, 1)
+
+    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """coords: B, N, 2 XY pixels of the padded input image -> B, N, C."""
+        h, w = image_size
+        coords = torch.stack([coords[..., 0] / w, coords[..., 1] / h], dim=-1)
+        return self._encode(coords.to(self.positional_encoding_gaussian_matrix.dtype))
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, embed_dim: int = 256, image_embedding_size: tuple[int, int] = (64, 64),
+                 input_image_size: tuple[int, int] = (1024, 1024), mask_in_chans: int = 16) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.input_image_size = input_image_size
+        self.image_embedding_size = image_embedding_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        # 0: negative point, 1: positive point, 2: box top-left, 3: box bottom-right.
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the embedding grid: 1, C, 64, 64."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        points = points + 0.5  # pixel centres
+        if pad:  # a padding point (label -1) when no box follows
+            points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
+            labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)
+        emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        labels = labels[..., None]
+        emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
+        emb = emb + (labels == 0) * self.point_embeddings[0].weight
+        emb = emb + (labels == 1) * self.point_embeddings[1].weight
+        return emb
+
+    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        corners = (boxes + 0.5).reshape(-1, 2, 2)
+        emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
+        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+        return emb + corner_embed
+
+    @staticmethod
+    def _batch_size(points, boxes, masks) -> int:
+        if points is not None:
+            return points[0].shape[0]
+        if boxes is not None:
+            return boxes.shape[0]
+        if masks is not None:
+            return masks.shape[0]
+        return 1
+
+    def forward(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """points: (B, N, 2 XY in the 1024 input frame, B, N labels); boxes: B, 4 XYXY;
+        masks: B, 1, 256, 256 logits. Returns sparse B, N', C and dense B, C, 64, 64."""
+        bs = self._batch_size(points, boxes, masks)
+        weight = self.no_mask_embed.weight
+        parts = []
+        if points is not None:
+            parts.append(self._embed_points(points[0], points[1], pad=boxes is None))
+        if boxes is not None:
+            parts.append(self._embed_boxes(boxes))
+        sparse = torch.cat(parts, dim=1) if parts else weight.new_empty(bs, 0, self.embed_dim)
+        if masks is not None:
+            dense = self.mask_downscaling(masks)
+        else:
+            h, w = self.image_embedding_size
+            dense = weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+        return sparse, dense

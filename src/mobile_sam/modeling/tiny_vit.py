@@ -1,0 +1,287 @@
+"""TinyViT image encoder of MobileSAM (vit_t): 1024² image -> 256×64×64 embedding.
+
+Parameter names and shapes match the official `mobile_sam.pt`, including the unused
+ImageNet classifier head (`norm_head`, `head`) that the checkpoint carries.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import DropPath, LayerNorm2d
+
+
+@dataclass(frozen=True)
+class TinyViTConfig:
+    img_size: int = 1024
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    # Stride of the depthwise conv in each patch merging. The official model keeps the last
+    # merging (into 320 channels) at stride 1, so the resolutions go 256 -> 128 -> 64 -> 64.
+    merge_strides: tuple[int, ...] = (2, 2, 1)
+    drop_path_rate: float = 0.0
+    out_chans: int = 256
+
+
+class ConvBN(nn.Sequential):
+    """Conv2d without bias followed by BatchNorm2d (state-dict names `c` and `bn`)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1,
+                 padding: int = 0, groups: int = 1) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_ch))
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 3×3 convs: 1024² -> 256²."""
+
+    def __init__(self, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            ConvBN(in_chans, embed_dim // 2, 3, 2, 1), nn.GELU(), ConvBN(embed_dim // 2, embed_dim, 3, 2, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1×1 expand, 3×3 depthwise, 1×1 project, residual, GELU."""
+
+    def __init__(self, dim: int, expand_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = ConvBN(dim, hidden, 1)
+        self.act1 = nn.GELU()
+        self.conv2 = ConvBN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.act2 = nn.GELU()
+        self.conv3 = ConvBN(hidden, dim, 1)
+        self.act3 = nn.GELU()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.conv1(x))
+        y = self.act2(self.conv2(y))
+        y = self.conv3(y)
+        return self.act3(x + self.drop_path(y))
+
+
+class PatchMerging(nn.Module):
+    """1×1 conv, 3×3 depthwise conv with the given stride, 1×1 conv.
+
+    Takes a B, C, H, W map or B, H·W, C tokens; returns B, H'·W', C' tokens.
+    """
+
+    def __init__(self, resolution: int, dim: int, out_dim: int, stride: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.act = nn.GELU()
+        self.conv1 = ConvBN(dim, out_dim, 1)
+        self.conv2 = ConvBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
+        self.conv3 = ConvBN(out_dim, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # B, L, C tokens -> B, C, H, W
+            b, _, c = x.shape
+            x = x.view(b, self.resolution, self.resolution, c).permute(0, 3, 1, 2)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+
+def attention_bias_index(window: int) -> torch.Tensor:
+    """(window², window²) index into the per-head bias table for each pair of positions.
+
+    Offsets (|Δrow|, |Δcol|) are numbered in order of first appearance, as TinyViT does.
+    """
+    points = list(itertools.product(range(window), range(window)))
+    offsets: dict[tuple[int, int], int] = {}
+    idxs = []
+    for p1 in points:
+        for p2 in points:
+            off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+            idxs.append(offsets.setdefault(off, len(offsets)))
+    n = len(points)
+    return torch.tensor(idxs, dtype=torch.long).view(n, n)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside one window, with a learned bias per relative offset.
+
+    The qkv projection is laid out per head: (B, N, heads, 3·head_dim) split into q, k, v.
+    The bias table is indexed on every call (never cached), so weights loaded at any time,
+    and any dtype the module is cast to, are used.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * self.head_dim * num_heads)
+        self.proj = nn.Linear(self.head_dim * num_heads, dim)
+        index = attention_bias_index(window)
+        num_offsets = window * window  # distinct (|Δrow|, |Δcol|) pairs
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, num_offsets))
+        self.register_buffer("attention_bias_idxs", index, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape  # B·windows, N tokens, C
+        x = self.norm(x)
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split(self.head_dim, dim=3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B, heads, N, head_dim
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn + self.attention_biases[:, self.attention_bias_idxs]
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+
+
+class TokenMLP(nn.Module):
+    """LayerNorm, Linear, GELU, Linear (TinyViT's MLP carries its own norm)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention + residual, 3×3 depthwise "local conv", MLP + residual."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, window: int,
+                 mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.window = window
+        self.attn = WindowAttention(dim, num_heads, window)
+        self.mlp = TokenMLP(dim, int(dim * mlp_ratio))
+        self.local_conv = ConvBN(dim, dim, 3, 1, 1, groups=dim)
+        self.drop_path = DropPath(drop_path)
+
+    def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, c = x.shape
+        h = w = self.resolution
+        ws = self.window
+        if h == ws and w == ws:
+            return self.attn(x)
+        x = x.view(b, h, w, c)
+        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+        if pad_b or pad_r:
+            # Zero tokens are padded in and take part in attention, as in the original.
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        ph, pw = h + pad_b, w + pad_r
+        nh, nw = ph // ws, pw // ws
+        x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+        x = self.attn(x)
+        x = x.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+        return x[:, :h, :w].reshape(b, l, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, c = x.shape  # tokens in row-major order
+        x = x + self.drop_path(self._windowed_attention(x))
+        x = x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution)
+        x = self.local_conv(x).view(b, c, l).transpose(1, 2)
+        return x + self.drop_path(self.mlp(x))
+
+
+class ConvStage(nn.Module):
+    """Stage 0: MBConv blocks then patch merging."""
+
+    def __init__(self, dim: int, out_dim: int, stride: int, resolution: int, depth: int,
+                 expand_ratio: float, drop_paths: list[float]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio, dp) for dp in drop_paths[:depth])
+        self.downsample = PatchMerging(resolution, dim, out_dim, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x)
+
+
+class AttentionStage(nn.Module):
+    """Stages 1-3: TinyViT blocks, then patch merging except in the last stage."""
+
+    def __init__(self, dim: int, out_dim: int | None, stride: int, resolution: int, depth: int,
+                 num_heads: int, window: int, mlp_ratio: float, drop_paths: list[float]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio, dp) for dp in drop_paths[:depth]
+        )
+        self.downsample = (
+            PatchMerging(resolution, dim, out_dim, stride) if out_dim is not None else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class TinyViT(nn.Module):
+    """MobileSAM's image encoder: B, 3, S, S normalised image -> B, 256, S/16, S/16 embedding."""
+
+    def __init__(self, config: TinyViTConfig = TinyViTConfig()) -> None:
+        super().__init__()
+        self.config = config
+        dims = config.embed_dims
+        self.img_size = config.img_size
+        self.patch_embed = PatchEmbed(config.in_chans, dims[0])
+        n_blocks = sum(config.depths)
+        drop_paths = [config.drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
+        resolution = config.img_size // 4
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, depth in enumerate(config.depths):
+            dp = drop_paths[start:start + depth]
+            start += depth
+            last = i == len(config.depths) - 1
+            out_dim = None if last else dims[i + 1]
+            stride = 1 if last else config.merge_strides[i]
+            if i == 0:
+                stage: nn.Module = ConvStage(dims[0], dims[1], stride, resolution, depth,
+                                             config.mbconv_expand_ratio, dp)
+            else:
+                stage = AttentionStage(dims[i], out_dim, stride, resolution, depth,
+                                       config.num_heads[i], config.window_sizes[i],
+                                       config.mlp_ratio, dp)
+            self.layers.append(stage)
+            resolution //= stride
+        self.out_resolution = resolution
+        self.norm_head = nn.LayerNorm(dims[-1])  # unused; kept for checkpoint compatibility
+        self.head = nn.Linear(dims[-1], config.num_classes)  # unused; kept for compatibility
+        self.neck = nn.Sequential(
+            nn.Conv2d(dims[-1], config.out_chans, 1, bias=False),
+            LayerNorm2d(config.out_chans),
+            nn.Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
+            LayerNorm2d(config.out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        b, _, c = x.shape
+        r = self.out_resolution
+        x = x.view(b, r, r, c).permute(0, 3, 1, 2)
+        return self.neck(x)

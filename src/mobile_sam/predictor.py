@@ -1,0 +1,278 @@
+"""SamPredictor: embed an image once, then predict masks from points, boxes and masks.
+
+Same methods and semantics as the original segment-anything predictor. The numpy methods
+validate their inputs and call the torch ones; every coordinate is XY in pixels of the
+original image, boxes are XYXY.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .modeling import Sam
+from .transforms import ResizeLongestSide
+
+def as_rgb_uint8(image: Any, image_format: str = "RGB") -> np.ndarray:
+    """Check an image array and return it as H, W, 3 uint8 RGB.
+
+    Grayscale (H, W) or (H, W, 1) becomes three equal channels; RGBA (H, W, 4) drops its
+    alpha channel; `image_format="BGR"` reverses the channel order.
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W, 3) uint8, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (0-255), got {image.dtype}; "
+                        "scale and convert it, e.g. (img * 255).astype(np.uint8)")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                         f"got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image_format == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def _finite_array(value: Any, name: str, shape_hint: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric with shape {shape_hint}: {exc}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values: {arr.tolist()}")
+    return arr
+
+
+class SamPredictor:
+    """Computes the image embedding once, then decodes masks for any number of prompts."""
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.img_size)
+        self.reset_image()
+
+    # ----------------------------------------------------------------- image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see `as_rgb_uint8`)."""
+        image = as_rgb_uint8(image, image_format)
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed an image already resized by `transform`: 1, 3, h', w' on the 0-255 scale."""
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or max(shape[2:]) != self.model.img_size:
+            raise ValueError(
+                f"set_torch_image expects a 1x3xHxW tensor whose longest side is "
+                f"{self.model.img_size}, got shape {shape}"
+            )
+        self.reset_image()
+        self.original_size = tuple(int(v) for v in original_image_size)
+        self.input_size = tuple(int(v) for v in shape[-2:])
+        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding: 1, 256, 64, 64."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, ...] | None = None
+        self.input_size: tuple[int, ...] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def mask_threshold(self) -> float:
+        return self.model.mask_threshold
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    # --------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object.
+
+        point_coords: N, 2 XY pixels; point_labels: N (1 foreground, 0 background, -1 ignored);
+        box: 4 XYXY pixels; mask_input: 1, 256, 256 low-res logits from an earlier call.
+        Returns masks (M, H, W) bool (float logits if return_logits), iou_predictions (M,) and
+        low_res_logits (M, 256, 256), with M = 3 if multimask_output else 1.
+        """
+        self._require_image()
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = self._check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(coords, self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box_arr = self._check_boxes(box, "box")
+            if box_arr.shape[0] != 1:
+                raise ValueError(f"box must be one XYXY box of 4 numbers, got shape "
+                                 f"{np.shape(box)}; use predict_torch for several boxes")
+            box_t = torch.as_tensor(self.transform.apply_boxes(box_arr, self.original_size),
+                                    dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            want = (1, *self.model.prompt_encoder.mask_input_size)
+            mask_arr = _finite_array(mask_input, "mask_input", str(want))
+            if mask_arr.shape != want:
+                raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
+                                 f"earlier prediction), got {mask_arr.shape}")
+            mask_t = torch.as_tensor(mask_arr, dtype=torch.float, device=self.device)[None]
+        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t,
+                                                 multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @staticmethod
+    def _check_points(point_coords: Any, point_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        if point_coords is None or point_labels is None:
+            raise ValueError("point_coords and point_labels must be given together "
+                             f"(got point_coords={'None' if point_coords is None else 'array'}, "
+                             f"point_labels={'None' if point_labels is None else 'array'})")
+        coords = _finite_array(point_coords, "point_coords", "(N, 2)")
+        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+            raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
+        labels = np.asarray(point_labels)
+        if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
+            raise ValueError(f"point_labels must have shape ({coords.shape[0]},) to match "
+                             f"point_coords {coords.shape}, got {labels.shape}")
+        if not np.isin(labels, (-1, 0, 1)).all():
+            raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
+                             f"(ignored), got {labels.tolist()}")
+        return coords, labels.astype(np.int64)
+
+    @staticmethod
+    def _check_boxes(boxes: Any, name: str) -> np.ndarray:
+        arr = _finite_array(boxes, name, "(4,) XYXY")
+        if arr.shape[-1:] != (4,) or arr.ndim > 2:
+            raise ValueError(f"{name} must be XYXY with shape (4,) or (N, 4), got {arr.shape}")
+        arr = arr.reshape(-1, 4)
+        bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+        if bad.any():
+            raise ValueError(f"{name} must be XYXY with x1 >= x0 and y1 >= y0, got {arr[bad][0].tolist()}")
+        return arr
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction, coordinates already in the resized frame (see `transform`).
+
+        point_coords: B, N, 2; point_labels: B, N; boxes: B, 4; mask_input: B, 1, 256, 256.
+        Returns masks B, M, H, W, iou_predictions B, M, low_res_logits B, M, 256, 256.
+        """
+        self._require_image()
+        low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _decode(self, point_coords, point_labels, boxes, mask_input,
+                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
+        dtype = self.features.dtype
+        points = None
+        if point_coords is not None:
+            points = (point_coords.to(self.device), point_labels.to(self.device))
+        if boxes is not None:
+            boxes = boxes.to(self.device)
+        if mask_input is not None:
+            mask_input = mask_input.to(self.device, dtype)
+        sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
+        if sparse.shape[0] != batch:
+            sparse = sparse.expand(batch, -1, -1)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=multimask_output,
+        )
+        return low_res.float(), iou.float()
+
+    def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
+        sizes = {}
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
+                raise ValueError(f"point_coords must be B x N x 2, got {tuple(point_coords.shape)}")
+            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+                raise ValueError(f"point_labels must be B x N = {tuple(point_coords.shape[:2])}, "
+                                 f"got {tuple(point_labels.shape)}")
+            if not torch.isfinite(point_coords).all():
+                raise ValueError("point_coords contains NaN or infinite values")
+            sizes["point_coords"] = point_coords.shape[0]
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"boxes must be B x 4 XYXY, got {tuple(boxes.shape)}")
+            if not torch.isfinite(boxes).all():
+                raise ValueError("boxes contain NaN or infinite values")
+            if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+                raise ValueError("boxes must be XYXY with x1 >= x0 and y1 >= y0")
+            sizes["boxes"] = boxes.shape[0]
+        if mask_input is not None:
+            want = (1, *self.model.prompt_encoder.mask_input_size)
+            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != want:
+                raise ValueError(f"mask_input must be B x {' x '.join(map(str, want))}, "
+                                 f"got {tuple(mask_input.shape)}")
+            sizes["mask_input"] = mask_input.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"prompt batch sizes differ: {sizes}")
+        return next(iter(sizes.values()), 1)
+
+    # ------------------------------------------- used by the automatic mask generator
+    @torch.inference_mode()
+    def predict_point_batch(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One positive point per prompt, three masks each.
+
+        points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
+        and IoU predictions N, 3 (float32 numpy).
+        """
+        self._require_image()
+        coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), self.original_size)
+        coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[:, None, :]
+        labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=self.device)
+        low_res, iou = self._decode(coords_t, labels_t, None, None, multimask_output=True)
+        return low_res.cpu().numpy(), iou.cpu().numpy()
+
+    @torch.inference_mode()
+    def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
+        """K, 256, 256 low-res logits -> K, H, W logits at the current image's size."""
+        self._require_image()
+        low = torch.as_tensor(low_res_logits, dtype=torch.float, device=self.device)[None]
+        masks = self.model.postprocess_masks(low, self.input_size, self.original_size)
+        return masks[0].cpu().numpy()
