@@ -1,22 +1,51 @@
 """MobileSAM: Segment Anything with a 5M-parameter TinyViT image encoder.
 
-The public API keeps the names of the original segment-anything / MobileSAM code.
+The public API keeps the names of the original segment-anything / MobileSAM code. Names are
+imported on first use, so torch-free parts (`mobile_sam.onnx.runtime`, `mobile_sam.masks`,
+`mobile_sam.transforms`, `mobile_sam.io`) work where torch is not installed.
 """
-from .build import (CheckpointError, build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l,
-                    build_sam_vit_t, sam_model_registry)
-from .modeling import Sam
-from .predictor import SamPredictor
-from .transforms import ResizeLongestSide
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ResizeLongestSide",
-    "Sam",
-    "SamPredictor",
-    "build_sam",
-    "build_sam_vit_b",
-    "build_sam_vit_h",
-    "build_sam_vit_l",
-    "build_sam_vit_t",
-    "sam_model_registry",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "CheckpointError": "build",
+    "ResizeLongestSide": "transforms",
+    "Sam": "modeling",
+    "SamAutomaticMaskGenerator": "automatic",
+    "SamPredictor": "predictor",
+    "build_sam": "build",
+    "build_sam_vit_b": "build",
+    "build_sam_vit_h": "build",
+    "build_sam_vit_l": "build",
+    "build_sam_vit_t": "build",
+    "load_sam": "build",
+    "sam_model_registry": "build",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .automatic import SamAutomaticMaskGenerator
+    from .build import (CheckpointError, build_sam, build_sam_vit_b, build_sam_vit_h,
+                        build_sam_vit_l, build_sam_vit_t, load_sam, sam_model_registry)
+    from .modeling import Sam
+    from .predictor import SamPredictor
+    from .transforms import ResizeLongestSide

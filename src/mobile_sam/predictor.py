@@ -12,46 +12,8 @@ import numpy as np
 import torch
 
 from .modeling import Sam
+from .prompts import as_rgb_uint8, check_boxes, check_points, finite_array
 from .transforms import ResizeLongestSide
-
-def as_rgb_uint8(image: Any, image_format: str = "RGB") -> np.ndarray:
-    """Check an image array and return it as H, W, 3 uint8 RGB.
-
-    Grayscale (H, W) or (H, W, 1) becomes three equal channels; RGBA (H, W, 4) drops its
-    alpha channel; `image_format="BGR"` reverses the channel order.
-    """
-    if image_format not in ("RGB", "BGR"):
-        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array (H, W, 3) uint8, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must have dtype uint8 (0-255), got {image.dtype}; "
-                        "scale and convert it, e.g. (img * 255).astype(np.uint8)")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                         f"got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image_format == "BGR":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)
-
-
-def _finite_array(value: Any, name: str, shape_hint: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric with shape {shape_hint}: {exc}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values: {arr.tolist()}")
-    return arr
-
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
@@ -127,12 +89,12 @@ class SamPredictor:
         self._require_image()
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None or point_labels is not None:
-            coords, labels = self._check_points(point_coords, point_labels)
+            coords, labels = check_points(point_coords, point_labels)
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            box_arr = self._check_boxes(box, "box")
+            box_arr = check_boxes(box, "box")
             if box_arr.shape[0] != 1:
                 raise ValueError(f"box must be one XYXY box of 4 numbers, got shape "
                                  f"{np.shape(box)}; use predict_torch for several boxes")
@@ -140,7 +102,7 @@ class SamPredictor:
                                     dtype=torch.float, device=self.device)
         if mask_input is not None:
             want = (1, *self.model.prompt_encoder.mask_input_size)
-            mask_arr = _finite_array(mask_input, "mask_input", str(want))
+            mask_arr = finite_array(mask_input, "mask_input", str(want))
             if mask_arr.shape != want:
                 raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
                                  f"earlier prediction), got {mask_arr.shape}")
@@ -148,35 +110,6 @@ class SamPredictor:
         masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t,
                                                  multimask_output, return_logits)
         return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
-
-    @staticmethod
-    def _check_points(point_coords: Any, point_labels: Any) -> tuple[np.ndarray, np.ndarray]:
-        if point_coords is None or point_labels is None:
-            raise ValueError("point_coords and point_labels must be given together "
-                             f"(got point_coords={'None' if point_coords is None else 'array'}, "
-                             f"point_labels={'None' if point_labels is None else 'array'})")
-        coords = _finite_array(point_coords, "point_coords", "(N, 2)")
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
-        labels = np.asarray(point_labels)
-        if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
-            raise ValueError(f"point_labels must have shape ({coords.shape[0]},) to match "
-                             f"point_coords {coords.shape}, got {labels.shape}")
-        if not np.isin(labels, (-1, 0, 1)).all():
-            raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
-                             f"(ignored), got {labels.tolist()}")
-        return coords, labels.astype(np.int64)
-
-    @staticmethod
-    def _check_boxes(boxes: Any, name: str) -> np.ndarray:
-        arr = _finite_array(boxes, name, "(4,) XYXY")
-        if arr.shape[-1:] != (4,) or arr.ndim > 2:
-            raise ValueError(f"{name} must be XYXY with shape (4,) or (N, 4), got {arr.shape}")
-        arr = arr.reshape(-1, 4)
-        bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
-        if bad.any():
-            raise ValueError(f"{name} must be XYXY with x1 >= x0 and y1 >= y0, got {arr[bad][0].tolist()}")
-        return arr
 
     @torch.inference_mode()
     def predict_torch(

@@ -67,6 +67,11 @@ class PromptEncoder(nn.Module):
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """points B, N, 2 (input frame) with labels B, N -> B, N(+1), C.
+
+        Label -1: "not a point" (padding); 0/1: negative/positive point; 2/3: the top-left and
+        bottom-right corners of a box (the convention of SAM's ONNX decoder).
+        """
         points = points + 0.5  # pixel centres
         if pad:  # a padding point (label -1) when no box follows
             points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
@@ -74,15 +79,15 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
-        emb = emb + (labels == 0) * self.point_embeddings[0].weight
-        emb = emb + (labels == 1) * self.point_embeddings[1].weight
+        for i, point_embedding in enumerate(self.point_embeddings):
+            emb = emb + (labels == i) * point_embedding.weight
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        corners = (boxes + 0.5).reshape(-1, 2, 2)
-        emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
-        return emb + corner_embed
+        """boxes B, 4 XYXY -> B, 2, C: the two corners as points labelled 2 and 3."""
+        corners = boxes.reshape(-1, 2, 2)
+        labels = torch.tensor([2, 3], device=boxes.device).expand(corners.shape[0], 2)
+        return self._embed_points(corners, labels, pad=False)
 
     @staticmethod
     def _batch_size(points, boxes, masks) -> int:

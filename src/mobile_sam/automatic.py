@@ -1,0 +1,429 @@
+"""Automatic mask generation: prompt SAM with a grid of points over the image and its crops,
+filter the masks by predicted quality and stability, and remove duplicates.
+
+This module imports no torch: it drives any *predictor* with the interface below, so the same
+code serves :class:`mobile_sam.SamPredictor` and the torch-free ONNX runtime.
+
+Predictor interface (all numpy):
+    ``set_image(image)``: HxWx3 uint8 RGB; ``reset_image()``; ``mask_threshold`` (float);
+    ``predict_point_batch(points)``: (N, 2) XY pixels of the image last set, one positive point
+    per prompt, multimask output → (low-res logits (N, 3, 256, 256) float32, IoU (N, 3) float32);
+    ``upscale_logits(low_res)``: (K, 256, 256) → (K, H, W) float32 logits at the image's size.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from mobile_sam.masks import (
+    area_from_rle,
+    box_area,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle,
+    masks_to_boxes,
+    nms,
+    remove_small_regions,
+    rle_to_coco,
+    rle_to_mask,
+    stability_score,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+)
+
+__all__ = ["SamAutomaticMaskGenerator"]
+
+_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_PREDICTOR_METHODS = ("set_image", "reset_image", "predict_point_batch", "upscale_logits")
+# Upscale at most this many full-resolution logits at once (float32: 128 MiB), so memory stays
+# bounded on large images whatever points_per_batch is.
+_MAX_UPSCALED_ELEMENTS = 2**25
+
+
+class _MaskData:
+    """Per-mask columns: numpy arrays with the mask on axis 0, plus a list of RLEs."""
+
+    def __init__(self, **columns: Any) -> None:
+        self.columns: dict[str, Any] = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["rles"])
+
+    def __getitem__(self, key: str) -> Any:
+        return self.columns[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.columns[key] = value
+
+    def filter(self, keep: np.ndarray) -> None:
+        """Keep rows by a bool mask or by indices (in that order)."""
+        keep = np.asarray(keep)
+        if keep.dtype == bool:
+            keep = np.nonzero(keep)[0]
+        for key, value in self.columns.items():
+            if isinstance(value, list):
+                self.columns[key] = [value[i] for i in keep]
+            else:
+                self.columns[key] = value[keep]
+
+    @staticmethod
+    def cat(parts: list[_MaskData]) -> _MaskData:
+        keys = parts[0].columns.keys()
+        out = {}
+        for key in keys:
+            values = [p.columns[key] for p in parts]
+            if isinstance(values[0], list):
+                out[key] = [item for v in values for item in v]
+            else:
+                out[key] = np.concatenate(values, axis=0)
+        return _MaskData(**out)
+
+
+def _empty_data() -> _MaskData:
+    return _MaskData(
+        rles=[],
+        boxes=np.zeros((0, 4), dtype=np.int64),
+        iou_preds=np.zeros(0, dtype=np.float32),
+        points=np.zeros((0, 2), dtype=np.float64),
+        stability_score=np.zeros(0, dtype=np.float32),
+    )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(
+    name: str, value: Any, low: float, high: float, high_inclusive: bool = True
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    below_high = value <= high if high_inclusive else value < high
+    if not (math.isfinite(value) and low <= value and below_high):
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+    return value
+
+
+class SamAutomaticMaskGenerator:
+    """Generate masks for a whole image, as the original SAM ``SamAutomaticMaskGenerator``.
+
+    ``model`` is a :class:`mobile_sam.modeling.Sam` (wrapped in a ``SamPredictor``) or a
+    predictor object (see the module docstring). The other arguments keep the original names
+    and meanings:
+
+    points_per_side: grid points per image side (``points_per_side**2`` prompts); exclusive
+        with ``point_grids``.
+    points_per_batch: prompts decoded together.
+    pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables).
+    stability_score_thresh: keep masks whose stability score is >= this (0 disables).
+    stability_score_offset: logit offset of the stability score.
+    box_nms_thresh: box-IoU threshold of the NMS within a crop.
+    crop_n_layers: extra crop layers; layer i has 2**i × 2**i crops.
+    crop_nms_thresh: box-IoU threshold of the NMS across crops.
+    crop_overlap_ratio: crop overlap as a fraction of the short side (for the first layer).
+    crop_n_points_downscale_factor: points per side are divided by this**i in layer i.
+    point_grids: explicit normalised (n, 2) XY grids in [0, 1], one per layer.
+    min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels).
+    output_mode: ``"binary_mask"`` (HxW bool), ``"uncompressed_rle"`` or ``"coco_rle"``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError(
+                "exactly one of points_per_side and point_grids must be given, got "
+                f"points_per_side={points_per_side!r} and point_grids="
+                f"{'None' if point_grids is None else f'<{len(point_grids)} grids>'}"
+            )
+        self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
+        self.crop_n_points_downscale_factor = _check_int(
+            "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1
+        )
+        if points_per_side is not None:
+            points_per_side = _check_int("points_per_side", points_per_side, 1)
+            smallest = int(
+                points_per_side / self.crop_n_points_downscale_factor**self.crop_n_layers
+            )
+            if smallest < 1:
+                raise ValueError(
+                    f"points_per_side={points_per_side} leaves no points in crop layer "
+                    f"{self.crop_n_layers} with crop_n_points_downscale_factor="
+                    f"{self.crop_n_points_downscale_factor}"
+                )
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
+            )
+        else:
+            self.point_grids = self._check_point_grids(point_grids, self.crop_n_layers)
+        self.points_per_side = points_per_side
+        self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
+        self.pred_iou_thresh = _check_float("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
+        self.stability_score_thresh = _check_float(
+            "stability_score_thresh", stability_score_thresh, 0.0, 1.0
+        )
+        self.stability_score_offset = _check_float(
+            "stability_score_offset", stability_score_offset, 0.0, math.inf, False
+        )
+        self.box_nms_thresh = _check_float("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
+        self.crop_nms_thresh = _check_float("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
+        self.crop_overlap_ratio = _check_float(
+            "crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, False
+        )
+        self.min_mask_region_area = _check_float(
+            "min_mask_region_area", min_mask_region_area, 0.0, math.inf, False
+        )
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        self.output_mode = output_mode
+        self.predictor = self._as_predictor(model)
+
+    @staticmethod
+    def _check_point_grids(point_grids: Any, crop_n_layers: int) -> list[np.ndarray]:
+        if not isinstance(point_grids, (list, tuple)):
+            raise TypeError(
+                f"point_grids must be a list of (n, 2) arrays, got {type(point_grids).__name__}"
+            )
+        if len(point_grids) < crop_n_layers + 1:
+            raise ValueError(
+                f"point_grids has {len(point_grids)} grids but crop_n_layers={crop_n_layers} "
+                f"needs {crop_n_layers + 1}"
+            )
+        grids = []
+        for i, grid in enumerate(point_grids):
+            grid = np.asarray(grid, dtype=np.float64)
+            if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
+                raise ValueError(f"point_grids[{i}] must have shape (n, 2), got {grid.shape}")
+            if not np.all((grid >= 0.0) & (grid <= 1.0)):
+                raise ValueError(f"point_grids[{i}] must lie in [0, 1] (normalised XY)")
+            grids.append(grid)
+        return grids
+
+    @staticmethod
+    def _as_predictor(model: Any) -> Any:
+        if all(callable(getattr(model, m, None)) for m in _PREDICTOR_METHODS):
+            return model
+        # Only a Sam model needs torch; import it lazily so this module stays torch-free.
+        try:
+            from mobile_sam.modeling import Sam
+        except ImportError:  # no torch: then only a predictor object can work
+            Sam = None
+
+        if Sam is not None and isinstance(model, Sam):
+            from mobile_sam.predictor import SamPredictor
+
+            return SamPredictor(model)
+        raise TypeError(
+            "model must be a mobile_sam Sam model or a predictor with "
+            f"{', '.join(_PREDICTOR_METHODS)}; got {type(model).__name__}"
+        )
+
+    # ------------------------------------------------------------------ public
+
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Masks for an HxWx3 uint8 RGB image, as a list of records.
+
+        Each record: ``segmentation`` (per ``output_mode``), ``area`` (int pixels), ``bbox``
+        (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]] prompt in image pixels),
+        ``stability_score`` and ``crop_box`` (XYWH).
+        """
+        image = self._check_image(image)
+        data = self._generate_masks(image)
+
+        if self.min_mask_region_area > 0 and len(data) > 0:
+            data = self.postprocess_small_regions(
+                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+
+        if self.output_mode == "coco_rle":
+            segmentations: list[Any] = [rle_to_coco(rle) for rle in data["rles"]]
+        elif self.output_mode == "binary_mask":
+            segmentations = [rle_to_mask(rle) for rle in data["rles"]]
+        else:
+            segmentations = list(data["rles"])
+
+        bboxes = box_xyxy_to_xywh(data["boxes"]).tolist()
+        crop_boxes = box_xyxy_to_xywh(data["crop_boxes"]).tolist()
+        points = data["points"].tolist()
+        ious = data["iou_preds"].tolist()
+        stabilities = data["stability_score"].tolist()
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": area_from_rle(data["rles"][i]),
+                "bbox": bboxes[i],
+                "predicted_iou": ious[i],
+                "point_coords": [points[i]],
+                "stability_score": stabilities[i],
+                "crop_box": crop_boxes[i],
+            }
+            for i in range(len(data))
+        ]
+
+    # ------------------------------------------------------------------ steps
+
+    @staticmethod
+    def _check_image(image: Any) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be HxWx3 RGB, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise TypeError(f"image must be uint8, got {image.dtype}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"image is empty: shape {image.shape}")
+        return image
+
+    def _generate_masks(self, image: np.ndarray) -> _MaskData:
+        orig_size = (int(image.shape[0]), int(image.shape[1]))
+        crop_boxes, layer_idxs = generate_crop_boxes(
+            orig_size, self.crop_n_layers, self.crop_overlap_ratio
+        )
+        parts = [
+            self._process_crop(image, crop_box, layer_idx, orig_size)
+            for crop_box, layer_idx in zip(crop_boxes, layer_idxs)
+        ]
+        data = _MaskData.cat(parts)
+
+        if len(crop_boxes) > 1:
+            # Prefer masks from smaller crops (float32 scores, as the original's 1 / int area).
+            scores = np.float32(1.0) / box_area(data["crop_boxes"]).astype(np.float32)
+            data.filter(nms(data["boxes"], scores, self.crop_nms_thresh))
+        return data
+
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        layer_idx: int,
+        orig_size: tuple[int, int],
+    ) -> _MaskData:
+        x0, y0, x1, y1 = crop_box
+        cropped = image[y0:y1, x0:x1, :]
+        crop_h, crop_w = cropped.shape[:2]
+        self.predictor.set_image(cropped)
+        try:
+            points_for_image = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]])
+            parts = [_empty_data()]
+            for start in range(0, len(points_for_image), self.points_per_batch):
+                points = points_for_image[start : start + self.points_per_batch]
+                parts.append(self._process_batch(points, crop_box, orig_size))
+        finally:
+            self.predictor.reset_image()
+        data = _MaskData.cat(parts)
+
+        # Remove duplicates within this crop.
+        data.filter(nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
+
+        # Return to the original image frame.
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = np.tile(np.asarray(crop_box, dtype=np.int64), (len(data), 1))
+        return data
+
+    def _process_batch(
+        self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
+    ) -> _MaskData:
+        orig_h, orig_w = orig_size
+        low_res, iou_preds = self.predictor.predict_point_batch(points)
+        low_res = np.asarray(low_res)
+        iou_preds = np.asarray(iou_preds)
+        n_points, n_masks = low_res.shape[:2]
+        low_res = low_res.reshape(n_points * n_masks, *low_res.shape[2:])
+        iou_preds = iou_preds.reshape(-1)
+        mask_points = np.repeat(points, n_masks, axis=0)
+
+        # Filtering by predicted IoU before upscaling is exact: each mask upscales on its own.
+        # Compare in float32, as torch does for a float32 tensor and a Python float.
+        if self.pred_iou_thresh > 0.0:
+            keep = np.nonzero(iou_preds > np.float32(self.pred_iou_thresh))[0]
+        else:
+            keep = np.arange(len(iou_preds))
+
+        threshold = float(self.predictor.mask_threshold)
+        crop_h, crop_w = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
+        chunk = max(1, _MAX_UPSCALED_ELEMENTS // max(1, crop_h * crop_w))
+        parts = [_empty_data()]
+        for start in range(0, len(keep), chunk):
+            idx = keep[start : start + chunk]
+            logits = np.asarray(self.predictor.upscale_logits(low_res[idx]))
+            stability = stability_score(logits, threshold, self.stability_score_offset)
+            if self.stability_score_thresh > 0.0:
+                stable = stability >= np.float32(self.stability_score_thresh)
+                idx, stability, logits = idx[stable], stability[stable], logits[stable]
+            masks = logits > np.asarray(threshold, dtype=logits.dtype)
+            del logits
+            boxes = masks_to_boxes(masks)
+
+            # Drop masks whose box touches a crop edge that is not an image edge.
+            near = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            if near.any():
+                masks, boxes = masks[~near], boxes[~near]
+                idx, stability = idx[~near], stability[~near]
+            parts.append(
+                _MaskData(
+                    rles=mask_to_rle(masks, crop_box=crop_box, orig_size=orig_size),
+                    boxes=boxes,
+                    iou_preds=iou_preds[idx].astype(np.float32),
+                    points=mask_points[idx].astype(np.float64),
+                    stability_score=stability,
+                )
+            )
+        return _MaskData.cat(parts)
+
+    @staticmethod
+    def postprocess_small_regions(
+        mask_data: _MaskData, min_area: float, nms_thresh: float
+    ) -> _MaskData:
+        """Fill small holes and remove small islands in every mask, then NMS again, preferring
+        masks that did not change. Changed masks that survive get their new RLE and box."""
+        if len(mask_data) == 0:
+            return mask_data
+        new_rles: list[Any] = []
+        boxes = np.zeros((len(mask_data), 4), dtype=np.int64)
+        scores = np.zeros(len(mask_data), dtype=np.float32)
+        for i, rle in enumerate(mask_data["rles"]):
+            mask = rle_to_mask(rle)
+            mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+            mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
+            unchanged = not (changed_holes or changed_islands)
+            scores[i] = float(unchanged)
+            boxes[i] = masks_to_boxes(mask[None])[0]
+            new_rles.append(None if unchanged else mask_to_rle(mask[None])[0])
+
+        keep = nms(boxes, scores, nms_thresh)
+        rles = list(mask_data["rles"])
+        old_boxes = np.array(mask_data["boxes"], copy=True)
+        for i in keep:
+            if scores[i] == 0.0:
+                rles[i] = new_rles[i]
+                old_boxes[i] = boxes[i]
+        mask_data["rles"] = rles
+        mask_data["boxes"] = old_boxes
+        mask_data.filter(keep)
+        return mask_data
