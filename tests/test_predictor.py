@@ -159,3 +159,32 @@ def test_bad_torch_batches(tiny_predictor):
         p.predict_torch(torch.zeros(2, 2), torch.ones(2))
     with pytest.raises(ValueError, match="set_torch_image expects"):
         p.set_torch_image(torch.zeros(1, 3, 100, 100), (100, 100))
+
+
+def test_set_image_embedding_reuses_an_embedding(fixture_predictor, fixture_model):
+    src = fixture_predictor
+    other = SamPredictor(fixture_model)
+    other.set_image_embedding(src.get_image_embedding().clone(), src.original_size, src.input_size)
+    pt, lb = np.array([[120.0, 80.0]]), np.array([1])
+    for a, b in zip(src.predict(pt, lb, return_logits=True), other.predict(pt, lb, return_logits=True)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"embedding must have shape \(1, 256, 64, 64\)"):
+        other.set_image_embedding(torch.zeros(1, 256, 32, 32), (10, 10), (1024, 1024))
+
+
+def test_fast_decoder_equals_module_decoder(fixture_predictor, fixture_model):
+    """The predictor's rewritten decoder computes the same function as MaskDecoder.forward."""
+    p, model = fixture_predictor, fixture_model
+    coords = torch.tensor([[[100.0, 200.0], [600.0, 50.0]], [[10.0, 10.0], [900.0, 600.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]])
+    mask_input = torch.randn(2, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    for masks_in, boxes in [(None, None), (mask_input, None), (None, torch.tensor([[50.0, 60.0, 700.0, 500.0]] * 2))]:
+        for multimask in (True, False):
+            with torch.inference_mode():
+                sparse, dense = model.prompt_encoder((coords, labels), boxes, masks_in)
+                want_low, want_iou = model.mask_decoder(p.features, model.prompt_encoder.get_dense_pe(),
+                                                        sparse, dense, multimask)
+            _, got_iou, got_low = p.predict_torch(coords, labels, boxes, masks_in, multimask)
+            assert got_low.shape == want_low.shape
+            torch.testing.assert_close(got_low, want_low, atol=2e-3, rtol=1e-4)
+            torch.testing.assert_close(got_iou, want_iou, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam
+from .modeling.fast_decoder import DecoderImageCache, decode_masks
 from .prompts import as_rgb_uint8, check_boxes, check_points, finite_array
 from .transforms import ResizeLongestSide
 
@@ -40,10 +41,25 @@ class SamPredictor:
                 f"set_torch_image expects a 1x3xHxW tensor whose longest side is "
                 f"{self.model.img_size}, got shape {shape}"
             )
+        features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.set_image_embedding(features, original_image_size, shape[-2:])
+
+    def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, ...],
+                            input_size: tuple[int, ...]) -> None:
+        """Use an embedding computed elsewhere (a cache, another backend) for the next prompts.
+
+        embedding: 1, C, h, w as `get_image_embedding` returns; original_size: (H, W) of the
+        image; input_size: its (h', w') after `transform` (longest side = img_size).
+        """
+        expected = (self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
+        if embedding.ndim != 4 or embedding.shape[0] != 1 or tuple(embedding.shape[1:]) != expected:
+            raise ValueError(f"embedding must have shape (1, {', '.join(map(str, expected))}), "
+                             f"got {tuple(embedding.shape)}")
         self.reset_image()
-        self.original_size = tuple(int(v) for v in original_image_size)
-        self.input_size = tuple(int(v) for v in shape[-2:])
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        dtype = next(self.model.mask_decoder.parameters()).dtype
+        self.features = embedding.to(self.device, dtype)
+        self.original_size = tuple(int(v) for v in original_size)
+        self.input_size = tuple(int(v) for v in input_size)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -54,6 +70,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        self._decoder_cache: DecoderImageCache | None = None  # prompt-independent decoder work
         self.original_size: tuple[int, ...] | None = None
         self.input_size: tuple[int, ...] | None = None
 
@@ -147,13 +164,11 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
         if sparse.shape[0] != batch:
             sparse = sparse.expand(batch, -1, -1)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse.to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=multimask_output,
-        )
+        if self._decoder_cache is None:
+            self._decoder_cache = DecoderImageCache.build(self.features, self.model.prompt_encoder)
+        low_res, iou = decode_masks(self.model.mask_decoder, self._decoder_cache, sparse.to(dtype),
+                                    None if mask_input is None else dense.to(dtype),
+                                    multimask_output)
         return low_res.float(), iou.float()
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
