@@ -9,7 +9,7 @@ import mobile_sam
 
 def test_all_is_pinned():
     assert mobile_sam.__all__ == [
-        "CheckpointError", "ResizeLongestSide", "Sam", "SamAutomaticMaskGenerator", "SamPredictor",
+        "CheckpointError", "ResizeLongestSide", "SAM", "Sam", "SamAutomaticMaskGenerator", "SamPredictor",
         "build_sam", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "build_sam_vit_t",
         "load_sam", "sam_model_registry",
     ]
@@ -18,7 +18,7 @@ def test_all_is_pinned():
 
 
 def test_original_import_line_works():
-    from mobile_sam import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry  # noqa: F401
+    from mobile_sam import SAM, SamAutomaticMaskGenerator, SamPredictor, sam_model_registry  # noqa: F401
 
     assert callable(sam_model_registry["vit_t"])
 

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "CheckpointError": "build",
     "ResizeLongestSide": "transforms",
+    "SAM": "api",
     "Sam": "modeling",
     "SamAutomaticMaskGenerator": "automatic",
     "SamPredictor": "predictor",
@@ -43,6 +44,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .api import SAM
     from .automatic import SamAutomaticMaskGenerator
     from .build import (CheckpointError, build_sam, build_sam_vit_b, build_sam_vit_h,
                         build_sam_vit_l, build_sam_vit_t, load_sam, sam_model_registry)

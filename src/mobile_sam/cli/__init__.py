@@ -89,5 +89,6 @@ def load_model_from_args(args: argparse.Namespace):
         raise UserError(f"--device {args.device!r} is not a torch device: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-    path = resolve_checkpoint(args.model)
+    # A progress bar only on a terminal: offline, the error is then the only line on stderr.
+    path = resolve_checkpoint(args.model, progress=sys.stderr.isatty())
     return load_sam(path).to(device)

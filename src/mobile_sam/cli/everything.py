@@ -1,0 +1,271 @@
+"""`mobile-sam everything IMAGE|DIR...`: automatic masks for whole images.
+
+Per image: `<name>.json` (COCO-style: the image's file name and size, one annotation per mask
+with COCO RLE, area, XYWH bbox, predicted IoU, stability score, prompt point and crop box) and
+`<name>_overlay.png` (each mask in its own colour). Folders are walked recursively; outputs
+mirror the inputs' folders under --out, so equal file names in different folders never
+collide. Images whose outputs exist are skipped unless --overwrite.
+
+Also holds the input/output naming shared with `segment` (kept torch-free: the parser of every
+subcommand is built on each run of `mobile-sam`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import UserError, add_common_arguments, load_model_from_args
+
+if TYPE_CHECKING:
+    from ..api import Result
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# ------------------------------------------------------------------ shared with `segment`
+
+
+def report(command: str, message: str) -> None:
+    """Print one error line for one input, without breaking a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"mobile-sam {command}: error: {message}", file=sys.stderr)
+
+
+def load_model(args: argparse.Namespace):
+    """`load_model_from_args`, with the download progress bar shown only on a terminal (so
+    that an offline run prints its one error line and nothing else)."""
+    from ..weights import resolve_checkpoint
+
+    args.model = str(resolve_checkpoint(args.model, progress=sys.stderr.isatty()))
+    return load_model_from_args(args)
+
+
+def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder (and its parents); a clear `UserError` when that fails."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in [out, *out.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            reason = f"{blocker} is a file, not a folder"
+        else:
+            reason = exc.strerror or str(exc)
+        raise UserError(f"cannot create output folder {out}: {reason}") from None
+    if not out.is_dir():
+        raise UserError(f"cannot use output folder {out}: it is a file")
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write to output folder {out}: permission denied")
+    return out
+
+
+def output_bases(images: list[Path], out_dir: Path) -> list[Path]:
+    """The output path without suffix for each image: `out_dir / <folder> / <stem>`.
+
+    `<folder>` is the image's folder relative to the deepest folder holding all the inputs,
+    so a single folder's tree is mirrored and equal stems in different folders stay apart.
+    Images with the same stem in the same folder (`a.png`, `a.jpg`) get `_<ext>` appended.
+    """
+    if not images:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in images]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    rel = [p.parent.relative_to(root) / p.stem for p in absolute]
+    counts: dict[Path, int] = {}
+    for r in rel:
+        counts[r] = counts.get(r, 0) + 1
+    bases = []
+    for r, p in zip(rel, absolute, strict=True):
+        if counts[r] > 1:
+            r = r.parent / f"{r.name}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        bases.append(out_dir / r)
+    return bases
+
+
+def display_name(image: Path, base: Path, out_dir: Path) -> str:
+    """The image's path relative to the inputs' common folder, e.g. `sub/a.png` (POSIX)."""
+    return (base.relative_to(out_dir).parent / image.name).as_posix()
+
+
+def collect_images(inputs: list[str], exclude: Path | None,
+                   on_error: Callable[[str], None]) -> list[Path]:
+    """Files as given, folders walked recursively (image extensions only, sorted, hidden
+    entries and the `exclude` folder skipped); duplicates removed. Inputs that do not exist
+    or folders without images are passed to `on_error` and left out."""
+    found: list[Path] = []
+    excluded = os.path.realpath(exclude) if exclude is not None else None
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            if excluded is not None and os.path.realpath(path) == excluded:
+                raise UserError(f"the output folder {exclude} is also an input folder: the "
+                                "next run would read the overlays as images; use another --out")
+            files = []
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and os.path.realpath(os.path.join(folder, d)) != excluded)
+                files += [Path(folder) / n for n in names
+                          if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+            if not files:
+                on_error(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
+                         f"found in folder {path}")
+            found += sorted(files, key=lambda p: p.relative_to(path).as_posix())
+        elif path.exists():
+            found.append(path)
+        else:
+            on_error(f"image file not found: {path}")
+    unique: dict[str, Path] = {}
+    for p in found:
+        unique.setdefault(os.path.abspath(p), p)
+    return list(unique.values())
+
+
+# ------------------------------------------------------------------ argument types
+
+
+def _number(kind: type, low: float, high: float | None = None,
+            low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: `kind` (int or float) within [low, high] ((low, ...] if low_open)."""
+    if high is None:
+        want = f"> {low:g}" if low_open else f">= {low:g}"
+    else:
+        want = f"in {low:g}..{high:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if math.isnan(value) or too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return value
+
+    return parse
+
+
+# (option, type, default, help): the generator's arguments with their original defaults
+GENERATOR_OPTIONS = [
+    ("points_per_side", _number(int, 1), 32, "grid points per image side"),
+    ("points_per_batch", _number(int, 1), 64, "prompts decoded together"),
+    ("pred_iou_thresh", _number(float, 0, 1), 0.88,
+     "keep masks with predicted IoU above this"),
+    ("stability_score_thresh", _number(float, 0, 1), 0.95,
+     "keep masks with stability score at least this"),
+    ("stability_score_offset", _number(float, 0, low_open=True), 1.0,
+     "logit offset of the stability score"),
+    ("box_nms_thresh", _number(float, 0, 1), 0.7,
+     "box IoU threshold of the NMS within a crop"),
+    ("crop_n_layers", _number(int, 0), 0,
+     "extra crop layers (layer i has 2**i x 2**i crops)"),
+    ("crop_nms_thresh", _number(float, 0, 1), 0.7,
+     "box IoU threshold of the NMS across crops"),
+    ("crop_overlap_ratio", _number(float, 0, 1), 512 / 1500,
+     "crop overlap (fraction of the short side)"),
+    ("crop_n_points_downscale_factor", _number(int, 1), 1,
+     "points per side divided by this**layer"),
+    ("min_mask_region_area", _number(float, 0), 0,
+     "fill holes / remove islands smaller than this (pixels)"),
+]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "everything",
+        help="segment everything: automatic masks, COCO JSON + overlay per image",
+        description="Automatic mask generation for images and folders (walked recursively: "
+                    + ", ".join(e[1:] for e in IMAGE_EXTENSIONS) + "). Writes <name>.json "
+                    "(COCO RLE) and <name>_overlay.png per image under --out, mirroring the "
+                    "input folders; images already done are skipped unless --overwrite.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
+    parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    group = parser.add_argument_group("mask generator options")
+    for name, kind, default, text in GENERATOR_OPTIONS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
+                           metavar="N", help=f"{text} (default: {default:g})")
+    add_common_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..io import load_image
+
+    out = prepare_out_dir(args.out)
+    failed = 0
+
+    def fail(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        report("everything", message)
+
+    images = collect_images(args.inputs, exclude=out, on_error=fail)
+    bases = output_bases(images, out)
+    todo = []
+    for image, base in zip(images, bases, strict=True):
+        done = _json_path(base).is_file() and _overlay_path(base).is_file()
+        if args.overwrite or not done:
+            todo.append((image, base))
+    skipped = len(images) - len(todo)
+
+    generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
+    sam = None
+    written = 0
+    for image_path, base in tqdm(todo, desc="everything", unit="image", disable=None):
+        try:
+            image = load_image(image_path)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+            continue
+        if sam is None:
+            from ..api import SAM
+
+            sam = SAM(load_model(args))  # model errors end the run
+        try:
+            result = sam.predict(image, **generator_kwargs)[0]
+            result.path = str(image_path)
+            _write(result, image_path, base, out)
+        except (OSError, ValueError) as exc:
+            fail(f"{image_path}: {exc}")
+            continue
+        written += 1
+        tqdm.write(f"{image_path}: {len(result)} mask(s) -> {_json_path(base)}")
+    summary = f"{written} image(s) segmented"
+    if skipped:
+        summary += f", {skipped} skipped (outputs exist; --overwrite to redo them)"
+    if failed:
+        summary += f", {failed} failed"
+    print(summary)
+    return 1 if failed else 0
+
+
+def _json_path(base: Path) -> Path:
+    return base.parent / f"{base.name}.json"
+
+
+def _overlay_path(base: Path) -> Path:
+    return base.parent / f"{base.name}_overlay.png"
+
+
+def _write(result: Result, image_path: Path, base: Path, out: Path) -> None:
+    from ..io import save_json
+
+    base.parent.mkdir(parents=True, exist_ok=True)
+    height, width = result.orig_img.shape[:2]
+    coco = {
+        "image": {"file_name": display_name(image_path, base, out), "height": height,
+                  "width": width},
+        "annotations": result.to_coco(),
+    }
+    result.save(_overlay_path(base))
+    save_json(_json_path(base), coco)  # last: its presence marks the image as done
