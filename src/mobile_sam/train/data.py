@@ -1,0 +1,166 @@
+"""Training data: image folders and the SA-1B layout, a seeded split, exact preprocessing.
+
+- An image folder is searched recursively for .jpg/.jpeg/.png (any case); items are sorted by
+  their path relative to the root (POSIX separators), so every machine lists them alike.
+- SA-1B layout: `sa_123.jpg` next to `sa_123.json` holding `{"image": ..., "annotations":
+  [{"segmentation": <COCO RLE>, ...}]}`; such an image's item carries the JSON's path.
+- Images go through exactly the predictor's preprocessing: `mobile_sam.io.load_image`, then
+  `mobile_sam.transforms.prepare_image` (longest side to the model size, Pillow bilinear,
+  normalise, zero-pad bottom/right).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import ImageLoadError, load_image
+from ..transforms import prepare_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image: `rel` is its POSIX path relative to the folder that was listed."""
+
+    path: Path
+    rel: str
+    annotation: Path | None = None
+
+
+def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
+    """Every .jpg/.jpeg/.png under `root` (recursively), sorted by relative path.
+
+    An image with a sibling `<stem>.json` (the SA-1B layout) gets it as `annotation`.
+    Raises FileNotFoundError / NotADirectoryError for a bad root and ValueError when it holds
+    no image.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"--images must be a folder of images, got a file: {root}")
+    items = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            path = Path(dirpath) / name
+            ann = path.with_suffix(".json")
+            items.append(ImageItem(path, path.relative_to(root).as_posix(),
+                                   ann if ann.is_file() else None))
+    if not items:
+        raise ValueError(f"no images (.jpg, .jpeg, .png) found under {root} (searched recursively)")
+    return sorted(items, key=lambda item: item.rel)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/val split of range(n): a seeded permutation, the first
+    round(n·val_fraction) indices (at least 1 when the fraction is > 0 and n > 1) go to val.
+    Both lists come back sorted."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n > 1:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, n - 1) if n > 0 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
+def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
+    """(H, W, 3 uint8 RGB, sha256 of the file's bytes); the file is read once.
+
+    Raises FileNotFoundError or ImageLoadError naming the file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    try:
+        rgb = load_image(data)
+    except ImageLoadError as exc:
+        raise type(exc)(str(exc).replace("<image bytes>", str(path))) from None
+    return rgb, hashlib.sha256(data).hexdigest()
+
+
+def model_input(rgb: np.ndarray, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """H, W, 3 uint8 -> (3, S, S float32 normalised and padded, (h', w') resized size)."""
+    batch, resized = prepare_image(rgb, image_size)
+    return batch[0], (int(resized[0]), int(resized[1]))
+
+
+def load_annotation_masks(path: str | os.PathLike[str], image_hw: tuple[int, int] | None = None,
+                          limit: int | None = None) -> np.ndarray:
+    """An SA-1B JSON's masks as (N, H, W) bool, in file order (at most `limit`).
+
+    Raises ValueError naming the file when it is not in the SA-1B layout or its mask size
+    differs from `image_hw`.
+    """
+    from ..masks import coco_to_mask
+
+    path = Path(path)
+    try:
+        doc: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read annotation file {path}: {exc}") from None
+    anns = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(anns, list):
+        raise ValueError(f"{path} is not an SA-1B annotation file (no 'annotations' list)")
+    masks = []
+    for i, ann in enumerate(anns[:limit] if limit is not None else anns):
+        seg = ann.get("segmentation") if isinstance(ann, dict) else None
+        if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+            raise ValueError(f"{path}: annotation {i} has no COCO RLE 'segmentation'")
+        mask = coco_to_mask(seg)
+        if image_hw is not None and mask.shape != tuple(image_hw):
+            raise ValueError(f"{path}: annotation {i} is {mask.shape[0]}x{mask.shape[1]} but the "
+                             f"image is {image_hw[0]}x{image_hw[1]}")
+        masks.append(mask)
+    if not masks:
+        h, w = image_hw or (0, 0)
+        return np.zeros((0, h, w), bool)
+    return np.stack(masks)
+
+
+class CachedEmbeddingDataset:
+    """Items `{"image": 3×S×S float32, "target": C×h×w float32 teacher embedding, "index":
+    cache entry, "input_hw": (h', w') size of the image inside the padded input}`.
+
+    Each image is re-read and its sha256 compared with the manifest's, so an image changed
+    since the cache was built is an error, not silent noise in the targets.
+    """
+
+    def __init__(self, cache: Any, indices: Sequence[int], image_root: Path | None = None) -> None:
+        self.cache = cache
+        self.indices = list(indices)
+        self.root = Path(image_root) if image_root is not None else cache.image_root
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        index = self.indices[i]
+        entry = self.cache.entries[index]
+        path = self.root / entry.rel
+        rgb, sha = read_image(path)
+        if sha != entry.sha256:
+            raise ValueError(f"{path} changed since the cache was built (sha256 {sha[:12]}… vs "
+                             f"{entry.sha256[:12]}… in the manifest); rebuild the cache")
+        image, input_hw = model_input(rgb, self.cache.image_size)
+        target = self.cache.embedding(index).astype(np.float32)
+        return {"image": torch.from_numpy(image), "target": torch.from_numpy(target),
+                "index": index, "input_hw": torch.tensor(input_hw)}
