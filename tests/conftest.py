@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Tests run the torch encoder unless they ask for another backend (tests/test_backends.py);
+# exports and downloads go to a throw-away cache, never the user's; OpenVINO telemetry off.
+os.environ.setdefault("MOBILE_SAM_BACKEND", "torch")
+os.environ.setdefault("MOBILE_SAM_HOME", tempfile.mkdtemp(prefix="mobile_sam_test_home-"))
+os.environ.setdefault("CI", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(

@@ -47,7 +47,8 @@ class FakePredictor:
         self.size = None
         self.calls.append(("reset_image",))
 
-    def predict_point_batch(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray,
+                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         assert self.size is not None
         n = len(points)
         low = np.zeros((n, 3, 256, 256), dtype=np.float32)

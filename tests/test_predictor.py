@@ -188,3 +188,16 @@ def test_fast_decoder_equals_module_decoder(fixture_predictor, fixture_model):
             assert got_low.shape == want_low.shape
             torch.testing.assert_close(got_low, want_low, atol=2e-3, rtol=1e-4)
             torch.testing.assert_close(got_iou, want_iou, atol=1e-5, rtol=1e-5)
+
+
+def test_min_iou_skips_only_prompts_that_would_be_dropped(fixture_predictor):
+    p = fixture_predictor
+    pts = np.random.default_rng(3).uniform([0, 0], [517, 333], (12, 2))
+    low_all, iou_all = p.predict_point_batch(pts)
+    threshold = float(np.median(iou_all.max(axis=1)))
+    low, iou = p.predict_point_batch(pts, min_iou=threshold)
+    np.testing.assert_array_equal(iou, iou_all)
+    kept = (iou > threshold).any(axis=1)
+    assert 0 < kept.sum() < len(pts)
+    np.testing.assert_allclose(low[kept], low_all[kept], atol=1e-3, rtol=0)
+    assert not low[~kept].any()

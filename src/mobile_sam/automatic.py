@@ -6,8 +6,9 @@ code serves :class:`mobile_sam.SamPredictor` and the torch-free ONNX runtime.
 
 Predictor interface (all numpy):
     ``set_image(image)``: HxWx3 uint8 RGB; ``reset_image()``; ``mask_threshold`` (float);
-    ``predict_point_batch(points)``: (N, 2) XY pixels of the image last set, one positive point
-    per prompt, multimask output → (low-res logits (N, 3, 256, 256) float32, IoU (N, 3) float32);
+    ``predict_point_batch(points, min_iou=None)``: (N, 2) XY pixels of the image last set, one
+    positive point per prompt, multimask output → (low-res logits (N, 3, 256, 256) float32, IoU
+    (N, 3) float32); logits of prompts with no IoU above `min_iou` may be left as zeros;
     ``upscale_logits(low_res)``: (K, 256, 256) → (K, H, W) float32 logits at the image's size.
 """
 from __future__ import annotations
@@ -39,10 +40,26 @@ from mobile_sam.masks import (
 __all__ = ["SamAutomaticMaskGenerator"]
 
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_MODES = ("exact", "fast")
+# Fast mode skips points covered by masks at least this good (the original's default
+# thresholds), whatever thresholds the caller filters with.
+_CONFIDENT_IOU = 0.88
+_CONFIDENT_STABILITY = 0.95
 _PREDICTOR_METHODS = ("set_image", "reset_image", "predict_point_batch", "upscale_logits")
 # Upscale at most this many full-resolution logits at once (float32: 128 MiB), so memory stays
 # bounded on large images whatever points_per_batch is.
 _MAX_UPSCALED_ELEMENTS = 2**25
+
+
+def _coarse_to_fine(grid: np.ndarray) -> list[np.ndarray]:
+    """Indices of a point grid in two levels: every other point of a square n×n grid in both
+    directions, then the rest; a grid that is not square is one level."""
+    n = int(round(math.sqrt(len(grid))))
+    if n * n != len(grid) or n < 3:
+        return [np.arange(len(grid))]
+    row, col = np.divmod(np.arange(len(grid)), n)
+    coarse = (row % 2 == 0) & (col % 2 == 0)
+    return [np.nonzero(coarse)[0], np.nonzero(~coarse)[0]]
 
 
 class _MaskData:
@@ -136,6 +153,12 @@ class SamAutomaticMaskGenerator:
     point_grids: explicit normalised (n, 2) XY grids in [0, 1], one per layer.
     min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels).
     output_mode: ``"binary_mask"`` (HxW bool), ``"uncompressed_rle"`` or ``"coco_rle"``.
+    mode: ``"exact"`` (default) computes what the original computes. ``"fast"`` prompts
+        coarse to fine: first every other grid point in both directions, then only the
+        remaining points that no confident kept mask (predicted IoU >= 0.88, stability >=
+        0.95) covers yet (a point inside a found object mostly
+        finds that object again, which NMS would discard). Far fewer decoder runs on images
+        with large objects; masks that only such a point would have found are missed.
     """
 
     def __init__(
@@ -154,7 +177,11 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        mode: str = "exact",
     ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.mode = mode
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
                 "exactly one of points_per_side and point_grids must be given, got "
@@ -328,11 +355,23 @@ class SamAutomaticMaskGenerator:
         crop_h, crop_w = cropped.shape[:2]
         self.predictor.set_image(cropped)
         try:
-            points_for_image = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]])
+            grid = self.point_grids[layer_idx]
+            points_for_image = grid * np.array([[crop_w, crop_h]])
             parts = [_empty_data()]
-            for start in range(0, len(points_for_image), self.points_per_batch):
-                points = points_for_image[start : start + self.points_per_batch]
-                parts.append(self._process_batch(points, crop_box, orig_size))
+            if self.mode == "exact":
+                for start in range(0, len(points_for_image), self.points_per_batch):
+                    points = points_for_image[start : start + self.points_per_batch]
+                    parts.append(self._process_batch(points, crop_box, orig_size))
+            else:
+                covered = np.zeros((crop_h, crop_w), dtype=bool)
+                for level in _coarse_to_fine(grid):
+                    points = points_for_image[level]
+                    cols = np.clip(points[:, 0].astype(np.int64), 0, crop_w - 1)
+                    rows = np.clip(points[:, 1].astype(np.int64), 0, crop_h - 1)
+                    points = points[~covered[rows, cols]]
+                    for start in range(0, len(points), self.points_per_batch):
+                        batch = points[start : start + self.points_per_batch]
+                        parts.append(self._process_batch(batch, crop_box, orig_size, covered))
         finally:
             self.predictor.reset_image()
         data = _MaskData.cat(parts)
@@ -347,10 +386,19 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_batch(
-        self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
+        self,
+        points: np.ndarray,
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+        covered: np.ndarray | None = None,
     ) -> _MaskData:
+        """Decode one batch of points; `covered` (crop-sized bool), if given, is or-ed with
+        every mask kept."""
         orig_h, orig_w = orig_size
-        low_res, iou_preds = self.predictor.predict_point_batch(points)
+        # Masks at or under the IoU threshold are dropped below, so the predictor may skip
+        # upscaling prompts that have none above it (exact, and most of the decoder's work).
+        min_iou = float(np.float32(self.pred_iou_thresh)) if self.pred_iou_thresh > 0.0 else None
+        low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou)
         low_res = np.asarray(low_res)
         iou_preds = np.asarray(iou_preds)
         n_points, n_masks = low_res.shape[:2]
@@ -385,6 +433,10 @@ class SamAutomaticMaskGenerator:
             if near.any():
                 masks, boxes = masks[~near], boxes[~near]
                 idx, stability = idx[~near], stability[~near]
+            if covered is not None:
+                confident = (iou_preds[idx] >= _CONFIDENT_IOU) & (stability >= _CONFIDENT_STABILITY)
+                if confident.any():
+                    covered |= masks[confident].any(axis=0)
             parts.append(
                 _MaskData(
                     rles=mask_to_rle(masks, crop_box=crop_box, orig_size=orig_size),

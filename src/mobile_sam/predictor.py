@@ -11,26 +11,47 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends import default_backend, make_encoder, weights_fingerprint
 from .modeling import Sam
 from .modeling.fast_decoder import DecoderImageCache, decode_masks
 from .prompts import as_rgb_uint8, check_boxes, check_points, finite_array
-from .transforms import ResizeLongestSide
+from .transforms import ResizeLongestSide, prepare_image
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
+        """backend: where the image encoder runs, "auto" | "torch" | "onnxruntime" |
+        "openvino"; precision: "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
+        `mobile_sam.backends`; the decoder always runs in torch."""
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
+        self.backend = default_backend(sam_model, backend, precision)
+        self.precision = precision
+        self._encoder = None
+        self._encoder_fingerprint: tuple | None = None
         self.reset_image()
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see `as_rgb_uint8`)."""
         image = as_rgb_uint8(image, image_format)
-        resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
-        self.set_torch_image(tensor, image.shape[:2])
+        if self.backend == "torch":
+            resized = self.transform.apply_image(image)
+            tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
+            self.set_torch_image(tensor, image.shape[:2])
+            return
+        x, input_size = prepare_image(image, self.model.img_size)
+        self.set_image_embedding(self._encode(x), image.shape[:2], input_size)
+
+    def _encode(self, x) -> torch.Tensor:
+        """Run the encoder backend on a 1x3xSxS normalised image (numpy); rebuilt when the
+        model's weights have changed since it was made."""
+        fingerprint = weights_fingerprint(self.model.image_encoder)
+        if self._encoder is None or fingerprint != self._encoder_fingerprint:
+            self._encoder = make_encoder(self.model, self.backend, self.precision)
+            self._encoder_fingerprint = fingerprint
+        return self._encoder(x)
 
     @torch.inference_mode()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
@@ -41,7 +62,9 @@ class SamPredictor:
                 f"set_torch_image expects a 1x3xHxW tensor whose longest side is "
                 f"{self.model.img_size}, got shape {shape}"
             )
-        features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        x = self.model.preprocess(transformed_image)
+        features = self.model.image_encoder(x) if self.backend == "torch" else \
+            self._encode(x.float().cpu().numpy())
         self.set_image_embedding(features, original_image_size, shape[-2:])
 
     def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, ...],
@@ -150,8 +173,8 @@ class SamPredictor:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
-    def _decode(self, point_coords, point_labels, boxes, mask_input,
-                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
+                min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
         dtype = self.features.dtype
         points = None
@@ -168,7 +191,7 @@ class SamPredictor:
             self._decoder_cache = DecoderImageCache.build(self.features, self.model.prompt_encoder)
         low_res, iou = decode_masks(self.model.mask_decoder, self._decoder_cache, sparse.to(dtype),
                                     None if mask_input is None else dense.to(dtype),
-                                    multimask_output)
+                                    multimask_output, min_iou)
         return low_res.float(), iou.float()
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
@@ -204,17 +227,19 @@ class SamPredictor:
 
     # ------------------------------------------- used by the automatic mask generator
     @torch.inference_mode()
-    def predict_point_batch(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray,
+                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One positive point per prompt, three masks each.
 
         points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
-        and IoU predictions N, 3 (float32 numpy).
+        and IoU predictions N, 3 (float32 numpy). With `min_iou`, prompts none of whose masks
+        has a predicted IoU above it are not upscaled (their logits are zeros).
         """
         self._require_image()
         coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), self.original_size)
         coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[:, None, :]
         labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=self.device)
-        low_res, iou = self._decode(coords_t, labels_t, None, None, multimask_output=True)
+        low_res, iou = self._decode(coords_t, labels_t, None, None, True, min_iou)
         return low_res.cpu().numpy(), iou.cpu().numpy()
 
     @torch.inference_mode()

@@ -133,20 +133,32 @@ def run_transformer(transformer: TwoWayTransformer, cache: DecoderImageCache,
 
 
 def decode_masks(decoder: MaskDecoder, cache: DecoderImageCache, sparse: torch.Tensor,
-                 dense: torch.Tensor | None, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 dense: torch.Tensor | None, multimask_output: bool,
+                 min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
 
     sparse: B, n, C prompt embeddings; dense: B, C, h, w mask embedding or None (no mask).
+    min_iou: skip the upscaling (most of the per-prompt work) of prompts none of whose masks
+    has a predicted IoU above it; their logits are returned as zeros. The automatic mask
+    generator drops those masks anyway, so this is exact there.
     """
     b = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
     hs, src = run_transformer(decoder.transformer, cache, tokens, dense)
     selected = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
-    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in selected], dim=1)
-    masks = upscale_and_project(decoder.output_upscaling, src, cache.size, hyper)
     iou = decoder.iou_prediction_head(hs[:, 0])
-    return masks, iou[:, 1:] if multimask_output else iou[:, :1]
+    iou = iou[:, 1:] if multimask_output else iou[:, :1]
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in selected], dim=1)
+    if min_iou is None:
+        return upscale_and_project(decoder.output_upscaling, src, cache.size, hyper), iou
+    h, w = cache.size
+    masks = src.new_zeros(b, len(selected), 4 * h, 4 * w)
+    needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
+    if len(needed):
+        masks[needed] = upscale_and_project(decoder.output_upscaling, src[needed], cache.size,
+                                            hyper[needed])
+    return masks, iou
 
 
 def upscale_and_project(upscaling, src: torch.Tensor, size: tuple[int, int],

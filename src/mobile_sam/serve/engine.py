@@ -51,9 +51,10 @@ class _EntryPredictor(SamPredictor):
         with self._engine.lock:
             return super().predict(*args, **kwargs)
 
-    def predict_point_batch(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray,
+                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         with self._engine.lock:
-            return super().predict_point_batch(points)
+            return super().predict_point_batch(points, min_iou)
 
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
         with self._engine.lock:

@@ -1,0 +1,80 @@
+"""Shared helpers for the benchmark scripts: timing, peak memory, machine description.
+
+Benchmarks print medians and ratios measured side by side in one run; absolute times on a
+shared 2-core machine are noisy, ratios much less so.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("MOBILE_SAM_REFERENCE", REPO.parent / "shared" / "reference"))
+FIXTURE_CHECKPOINT = REFERENCE / "fixture_a" / "checkpoint.pt"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+
+
+def _child(target: Callable[..., dict], args: tuple, queue: mp.Queue) -> None:
+    try:
+        result = target(*args)
+        result["peak_rss_mb"] = peak_rss_mb()
+        queue.put(json.dumps(result))
+    except BaseException as exc:  # report, don't hang the parent
+        queue.put(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def run_isolated(target: Callable[..., dict], *args: object) -> dict:
+    """Run `target(*args)` in a fresh process so that its peak RSS is its own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(target, args, queue))
+    proc.start()
+    result = json.loads(queue.get())
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])

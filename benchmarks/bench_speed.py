@@ -1,0 +1,248 @@
+"""The fast paths against the plain eager path, side by side in one run.
+
+    python benchmarks/bench_speed.py [--threads 2] [--repeats 5] [--crops] [--quick]
+
+"eager" stands in for the original code: the same operations as the original MobileSAM
+(torch eager encoder; the mask decoder module on one copy of the embedding per prompt; every
+mask upsampled to 1024² and then to the image size; the automatic generator upsampling every
+candidate mask before filtering). Each path runs in its own process so that its peak RSS is
+its own. Agreement: masks of the fast path against the eager path (IoU), and for the automatic
+generator the share of eager masks matched one-to-one at IoU >= 0.9.
+Photo: bus 480x640 rotated to 640x480; weights: the golden fixture's (random; speed does not
+depend on the values).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, median_seconds, run_isolated, table  # noqa: E402
+
+POINTS = [[320.0, 240.0], [100.0, 400.0], [500.0, 120.0], [250.0, 60.0], [600.0, 450.0]]
+
+
+def _photo():
+    import numpy as np
+    from PIL import Image
+
+    bus = np.asarray(Image.open(REFERENCE / "images" / "bus_480x640.png").convert("RGB"))
+    return np.ascontiguousarray(np.rot90(bus))  # 640 wide, 480 high
+
+
+def _model(threads: int):
+    import torch
+
+    from mobile_sam import sam_model_registry
+
+    torch.set_num_threads(threads)
+    return sam_model_registry["vit_t"](checkpoint=str(FIXTURE_CHECKPOINT))
+
+
+class EagerPredictor:
+    """The original predictor's operations, for timing: eager encoder, the decoder module with
+    the embedding repeated per prompt, two-step upsampling of every mask."""
+
+    mask_threshold = 0.0
+
+    def __init__(self, model):
+        from mobile_sam.transforms import ResizeLongestSide
+
+        self.model = model
+        self.transform = ResizeLongestSide(model.img_size)
+        self._upscaled = None
+
+    def set_image(self, image):
+        import torch
+
+        resized = self.transform.apply_image(image)
+        x = torch.as_tensor(resized.transpose(2, 0, 1).copy())[None]
+        with torch.inference_mode():
+            self.features = self.model.image_encoder(self.model.preprocess(x))
+        self.original_size, self.input_size = image.shape[:2], resized.shape[:2]
+
+    def reset_image(self):
+        self.features = None
+
+    def _decode(self, coords, labels, multimask):
+        import torch
+
+        m = self.model
+        with torch.inference_mode():
+            sparse, dense = m.prompt_encoder((coords, labels), None, None)
+            emb = torch.repeat_interleave(self.features, coords.shape[0], dim=0)
+            low, iou = m.mask_decoder(emb, m.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+            full = m.postprocess_masks(low, self.input_size, self.original_size)
+        return full, iou, low
+
+    def predict(self, point_coords, point_labels, multimask_output=True):
+        import torch
+
+        coords = torch.as_tensor(self.transform.apply_coords(point_coords, self.original_size),
+                                 dtype=torch.float)[None]
+        labels = torch.as_tensor(point_labels, dtype=torch.int)[None]
+        full, iou, low = self._decode(coords, labels, multimask_output)
+        return (full > 0)[0].numpy(), iou[0].numpy(), low[0].numpy()
+
+    def predict_point_batch(self, points, min_iou=None):
+        import torch
+
+        coords = torch.as_tensor(self.transform.apply_coords(points, self.original_size),
+                                 dtype=torch.float)[:, None, :]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int)
+        full, iou, low = self._decode(coords, labels, True)  # every mask upsampled, as before
+        low, full = low.numpy(), full.flatten(0, 1).numpy()
+        self._full = {m.tobytes(): i for i, m in enumerate(low.reshape(-1, *low.shape[2:]))}
+        self._full_masks = full
+        return low, iou.numpy()
+
+    def upscale_logits(self, low_res):
+        """The already upsampled masks (the original paid for all of them in the batch)."""
+        return self._full_masks[[self._full[m.tobytes()] for m in low_res]]
+
+
+def _mask_iou(a, b):
+    union = (a | b).sum()
+    return 1.0 if union == 0 else float((a & b).sum() / union)
+
+
+def encoder_job(kind: str, threads: int, repeats: int) -> dict:
+    import numpy as np
+
+    from mobile_sam import SamPredictor
+
+    model, photo = _model(threads), _photo()
+    if kind == "eager":
+        predictor = EagerPredictor(model)
+    else:
+        backend, precision = kind.split(":")
+        predictor = SamPredictor(model, backend=backend, precision=precision)
+        predictor.set_image(photo)  # export / compile once, outside the timing
+    seconds = median_seconds(lambda: predictor.set_image(photo), repeats)
+    predictor.set_image(photo)
+    masks = [predictor.predict(np.array([p]), np.array([1]))[0] for p in POINTS]
+    return {"seconds": seconds, "masks": [np.packbits(m).tolist() for m in masks]}
+
+
+def decoder_job(kind: str, threads: int, repeats: int) -> dict:
+    import numpy as np
+
+    from mobile_sam import SamPredictor
+
+    model, photo = _model(threads), _photo()
+    predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model, backend="torch")
+    predictor.set_image(photo)
+    point, label = np.array([POINTS[0]]), np.array([1])
+    seconds = median_seconds(lambda: predictor.predict(point, label), repeats * 4)
+    masks = [predictor.predict(np.array([p]), np.array([1]))[0] for p in POINTS]
+    return {"seconds": seconds, "masks": [np.packbits(m).tolist() for m in masks]}
+
+
+def everything_job(kind: str, threads: int, crops: int) -> dict:
+    import time
+
+    import numpy as np
+
+    from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
+
+    model, photo = _model(threads), _photo()
+    mode = "fast" if kind == "fast" else "exact"
+    predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model)
+    generator = SamAutomaticMaskGenerator(predictor, crop_n_layers=crops, mode=mode)
+    if kind != "eager":
+        predictor.set_image(photo[:64, :64])  # backend export / compile outside the timing
+    start = time.perf_counter()
+    records = generator.generate(photo)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "count": len(records),
+            "masks": [np.packbits(r["segmentation"]).tolist() for r in records]}
+
+
+def _unpack(packed, shape):
+    """Bit-packed masks of `shape` each (a point's 3 masks are unpacked as 3 masks)."""
+    import numpy as np
+
+    n = int(np.prod(shape))
+    out = []
+    for p in packed:
+        m = np.unpackbits(np.array(p, dtype=np.uint8))[:n].reshape(shape).astype(bool)
+        out.extend(m if m.ndim == 3 else [m])
+    return out
+
+
+def _matched_share(reference, candidate) -> float:
+    """Share of reference masks matched one-to-one by a candidate mask at IoU >= 0.9."""
+    used, matched = set(), 0
+    for ref in reference:
+        best, best_j = 0.0, None
+        for j, cand in enumerate(candidate):
+            if j not in used:
+                iou = _mask_iou(ref, cand)
+                if iou > best:
+                    best, best_j = iou, j
+        if best >= 0.9:
+            used.add(best_j)
+            matched += 1
+    return matched / max(len(reference), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--crops", action="store_true", help="also everything with crop_n_layers=1")
+    parser.add_argument("--quick", action="store_true", help="skip segment-everything")
+    parser.add_argument("--encoders", default="auto:fp32,onnxruntime:fp32,openvino:fp32,"
+                        "onnxruntime:int8,openvino:bf16")
+    args = parser.parse_args()
+    import numpy as np
+
+    from mobile_sam.backends import installed
+
+    shape = _photo().shape[:2]
+    rows = []
+
+    def add(what, path, r, base, agreement):
+        ratio = base["seconds"] / r["seconds"] if r is not base else 1.0
+        rows.append([what, path, f"{r['seconds'] * 1000:.0f} ms", f"x{ratio:.2f}",
+                     f"{r['peak_rss_mb']:.0f} MB", agreement])
+
+    base = run_isolated(encoder_job, "eager", args.threads, args.repeats)
+    add("set_image 640x480", "eager (original ops)", base, base, "-")
+    shape3 = (3, *shape)
+    ref_masks = _unpack(base["masks"], shape3)
+    for kind in args.encoders.split(","):
+        if kind.split(":")[0] != "auto" and not installed(kind.split(":")[0]):
+            continue
+        r = run_isolated(encoder_job, kind, args.threads, args.repeats)
+        ious = [_mask_iou(a, b) for a, b in zip(ref_masks, _unpack(r["masks"], shape3))]
+        add("set_image 640x480", kind, r, base, f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}")
+
+    base = run_isolated(decoder_job, "eager", args.threads, args.repeats)
+    add("predict 1 point, multimask", "eager (original ops)", base, base, "-")
+    r = run_isolated(decoder_job, "fast", args.threads, args.repeats)
+    ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
+    add("predict 1 point, multimask", "SamPredictor", r, base, f"mask IoU min {min(ious):.4f}")
+
+    if not args.quick:
+        for crops in ([0, 1] if args.crops else [0]):
+            what = f"everything 32x32, crop_n_layers={crops}"
+            base = run_isolated(everything_job, "eager", args.threads, crops)
+            add(what, f"eager (original ops), {base['count']} masks", base, base, "-")
+            ref = _unpack(base["masks"], shape)
+            for kind in ("exact", "fast"):
+                r = run_isolated(everything_job, kind, args.threads, crops)
+                share = _matched_share(ref, _unpack(r["masks"], shape))
+                add(what, f"{kind}, {r['count']} masks", r, base,
+                    f"{share:.0%} of eager masks matched at IoU>=0.9")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(table(rows, ["what", "path", "median", "speed-up", "peak RSS", "agreement"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Where the image encoder runs: torch eager, onnxruntime or OpenVINO, in fp32 or lower precision.
+
+The encoder is the slow part of interactive use. On CPUs the same graph runs several times
+faster in onnxruntime or OpenVINO than in eager torch, so `backend="auto"` (the default)
+exports the model's encoder to ONNX once, caches the file next to the weights, and runs it
+there. Pre- and post-processing stay the shared numpy code; only the encoder call changes.
+
+| backend | precision | needs |
+|---|---|---|
+| torch | fp32 (or the model's dtype) | nothing more |
+| onnxruntime | fp32, int8 (dynamic quantization of the MatMuls) | `pip install mobile_sam[onnx]` |
+| openvino | fp32, bf16 | `pip install mobile_sam[openvino]` |
+
+`auto` picks, for a model on the CPU: OpenVINO if installed, else onnxruntime, else torch
+(fp32 fidelity in all three); for a model on a GPU: torch. The environment variable
+`MOBILE_SAM_BACKEND` overrides what `auto` means.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .modeling import Sam
+
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8", "bf16")
+_SUPPORTED = {"torch": ("fp32",), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
+_EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
+_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+ENCODER_OPSET = 17
+
+log = logging.getLogger(__name__)
+
+Encoder = Callable[[np.ndarray], torch.Tensor]  # 1x3xSxS float32 -> 1xCxhxw embedding
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for is not installed, or cannot run this precision."""
+
+
+def installed(backend: str) -> bool:
+    return backend == "torch" or importlib.util.find_spec(_MODULE[backend]) is not None
+
+
+def resolve_backend(backend: str, precision: str, device: torch.device) -> str:
+    """The concrete backend for a request, or a clear error naming what to install."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend == "auto":
+        backend = os.environ.get("MOBILE_SAM_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"MOBILE_SAM_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type != "cpu":
+            backend = "torch"
+        else:
+            candidates = [b for b in ("openvino", "onnxruntime", "torch") if precision in _SUPPORTED[b]]
+            backend = next((b for b in candidates if installed(b)), candidates[-1])
+    if precision not in _SUPPORTED[backend]:
+        options = [b for b, p in _SUPPORTED.items() if precision in p]
+        raise BackendUnavailable(f"precision {precision!r} is not available on backend "
+                                 f"{backend!r}; use backend {' or '.join(map(repr, options))}")
+    if not installed(backend):
+        raise BackendUnavailable(f"backend {backend!r} is not installed: "
+                                 f"pip install 'mobile_sam[{_EXTRA[backend]}]'")
+    if backend != "torch" and device.type != "cpu":
+        raise BackendUnavailable(f"backend {backend!r} runs on the CPU; the model is on {device}")
+    return backend
+
+
+def default_backend(model: Sam, backend: str, precision: str) -> str:
+    """`resolve_backend` for a model: a model cast to another dtype stays on torch in auto."""
+    param = next(model.image_encoder.parameters())
+    if backend == "auto" and os.environ.get("MOBILE_SAM_BACKEND", "auto") == "auto" \
+            and param.dtype != torch.float32:
+        return "torch"
+    return resolve_backend(backend, precision, param.device)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> tuple:
+    """Cheap identity of a module's current weights: changes when any tensor is replaced or
+    modified in place (load_state_dict, .to(), optimizer steps), without reading the values."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in module.state_dict().values())
+
+
+def make_encoder(model: Sam, backend: str, precision: str = "fp32",
+                 threads: int | None = None) -> Encoder:
+    """A callable running `model`'s image encoder on the resolved backend."""
+    if backend == "torch":
+        return _torch_encoder(model)
+    threads = threads or torch.get_num_threads()
+    path = cached_encoder_onnx(model, int8=(precision == "int8"))
+    if backend == "onnxruntime":
+        return _onnxruntime_encoder(path, threads)
+    return _openvino_encoder(path, threads, precision)
+
+
+def _torch_encoder(model: Sam) -> Encoder:
+    def run(image: np.ndarray) -> torch.Tensor:
+        param = next(model.image_encoder.parameters())
+        x = torch.from_numpy(image).to(param.device, param.dtype)
+        with torch.inference_mode():
+            return model.image_encoder(x)
+    return run
+
+
+def _onnxruntime_encoder(path: Path, threads: int) -> Encoder:
+    from .onnx.runtime import create_session
+
+    session = create_session(path, threads)
+    name = session.get_inputs()[0].name
+
+    def run(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: image})[0])
+    return run
+
+
+def _openvino_encoder(path: Path, threads: int, precision: str) -> Encoder:
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(request.infer({0: image})[0], dtype=np.float32))
+    return run
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, shapes, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
+    """The model's encoder as an ONNX file, exported once and kept in the cache folder.
+
+    The cache key is the encoder's weights digest, the torch version and the opset, so a
+    changed checkpoint or torch never reuses a stale graph. Written to a temporary folder and
+    renamed into place: concurrent or interrupted exports leave no partial file.
+    """
+    from .onnx.export import export_encoder, quantize_encoder
+    from .weights import cache_dir
+
+    key = weights_digest(model.image_encoder)[:20]
+    folder = cache_dir() / "onnx" / f"encoder-{key}-torch{torch.__version__}-opset{ENCODER_OPSET}"
+    name = "encoder_int8.onnx" if int8 else "encoder.onnx"
+    target = folder / name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    try:
+        fp32 = folder / "encoder.onnx"
+        if not fp32.is_file():
+            log.warning("exporting the image encoder to ONNX once (cached in %s)", folder)
+            export_encoder(model, tmp / "encoder.onnx", ENCODER_OPSET)
+            os.replace(tmp / "encoder.onnx", fp32)
+        if int8:
+            quantize_encoder(fp32, tmp / name)
+            os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,131 @@
+"""Encoder backends: selection rules, clear errors, and fp32 fidelity of onnxruntime and
+OpenVINO against the golden fixture."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_sam import SamPredictor
+from mobile_sam.backends import BackendUnavailable, resolve_backend, weights_fingerprint
+
+CPU = torch.device("cpu")
+
+
+def test_auto_prefers_openvino_then_onnxruntime(monkeypatch):
+    monkeypatch.delenv("MOBILE_SAM_BACKEND", raising=False)
+    have = {"openvino": True, "onnxruntime": True}
+    monkeypatch.setattr("mobile_sam.backends.installed", lambda b: b == "torch" or have[b])
+    assert resolve_backend("auto", "fp32", CPU) == "openvino"
+    have["openvino"] = False
+    assert resolve_backend("auto", "fp32", CPU) == "onnxruntime"
+    have["onnxruntime"] = False
+    assert resolve_backend("auto", "fp32", CPU) == "torch"
+    assert resolve_backend("auto", "fp32", torch.device("cuda")) == "torch"
+    monkeypatch.setenv("MOBILE_SAM_BACKEND", "torch")
+    have.update(openvino=True, onnxruntime=True)
+    assert resolve_backend("auto", "fp32", CPU) == "torch"
+
+
+def test_missing_backend_names_the_extra(monkeypatch):
+    monkeypatch.setattr("mobile_sam.backends.installed", lambda b: b == "torch")
+    with pytest.raises(BackendUnavailable, match=r"pip install 'mobile_sam\[openvino\]'"):
+        resolve_backend("openvino", "fp32", CPU)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'mobile_sam\[onnx\]'"):
+        resolve_backend("onnxruntime", "int8", CPU)
+
+
+def test_bad_backend_or_precision():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("tensorrt", "fp32", CPU)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_backend("torch", "fp8", CPU)
+    with pytest.raises(BackendUnavailable, match="precision 'int8' is not available on backend 'torch'"):
+        resolve_backend("torch", "int8", CPU)
+
+
+def test_fingerprint_follows_weight_changes(tiny_sam):
+    before = weights_fingerprint(tiny_sam.image_encoder)
+    assert weights_fingerprint(tiny_sam.image_encoder) == before
+    sd = {k: v.clone() for k, v in tiny_sam.image_encoder.state_dict().items()}
+    tiny_sam.image_encoder.load_state_dict(sd)
+    assert weights_fingerprint(tiny_sam.image_encoder) != before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_backend_fp32_fidelity_on_the_golden_fixture(backend, fixture_model, reference_dir):
+    """fp32 fidelity of a non-torch backend: embedding max-abs <= 2e-3, every mask IoU >= 0.99."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    from PIL import Image
+
+    root = reference_dir / "fixture_a"
+    golden = np.load(root / "golden.npz")
+    prompts = json.loads((root / "prompts.json").read_text())
+    predictor = SamPredictor(fixture_model, backend=backend)
+    assert predictor.backend == backend
+    for info in prompts["images"]:
+        image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
+        predictor.set_image(image)
+        emb = predictor.get_image_embedding().numpy()
+        assert np.abs(emb - golden[f"{info['name']}/embedding"]).max() <= 2e-3
+        for call in prompts["calls"]:
+            if call["image"] != info["name"] or call["api"] != "predict" or "mask_input" in call["args"]:
+                continue
+            args = call["args"]
+            masks, _, _ = predictor.predict(
+                point_coords=np.array(args["point_coords"]) if "point_coords" in args else None,
+                point_labels=np.array(args["point_labels"]) if "point_labels" in args else None,
+                box=np.array(args["box"]) if "box" in args else None,
+                multimask_output=args["multimask_output"])
+            want = golden[call["outputs"]["masks"]]
+            for got_mask, want_mask in zip(masks, want):
+                union = (got_mask | want_mask).sum()
+                iou = 1.0 if union == 0 else (got_mask & want_mask).sum() / union
+                assert iou >= 0.99, (call["id"], iou)
+
+
+@pytest.mark.slow
+def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
+    """The opt-in reduced-precision encoder keeps masks close to fp32 (mean IoU >= 0.95)."""
+    from mobile_sam.backends import installed
+
+    backend, precision = ("openvino", "bf16") if installed("openvino") else ("onnxruntime", "int8")
+    if not installed(backend):
+        pytest.skip("no reduced-precision backend installed")
+    fp32 = SamPredictor(fixture_model, backend="torch")
+    low = SamPredictor(fixture_model, backend=backend, precision=precision)
+    fp32.set_image(photo)
+    low.set_image(photo)
+    rng = np.random.default_rng(1)
+    ious = []
+    for point in rng.uniform([0, 0], [photo.shape[1], photo.shape[0]], (12, 2)):
+        a, _, _ = fp32.predict(point[None], np.array([1]))
+        b, _, _ = low.predict(point[None], np.array([1]))
+        for x, y in zip(a, b):
+            union = (x | y).sum()
+            ious.append(1.0 if union == 0 else (x & y).sum() / union)
+    assert np.mean(ious) >= 0.95, np.mean(ious)
+
+
+def test_weights_loaded_later_reach_the_exported_encoder(tiny_sam, rng, monkeypatch):
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    import copy
+
+    model = copy.deepcopy(tiny_sam)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    p = SamPredictor(model, backend="onnxruntime")
+    p.set_image(image)
+    first = p.get_image_embedding().clone()
+    with torch.no_grad():
+        model.image_encoder.neck[1].bias.add_(1.0)
+    p.set_image(image)
+    ref = SamPredictor(model, backend="torch")
+    ref.set_image(image)
+    assert not torch.allclose(p.get_image_embedding(), first)
+    torch.testing.assert_close(p.get_image_embedding(), ref.get_image_embedding(), atol=1e-4, rtol=1e-4)
