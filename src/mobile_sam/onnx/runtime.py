@@ -1,0 +1,357 @@
+"""Run exported MobileSAM ONNX files with numpy, Pillow and onnxruntime only (no torch).
+
+`OnnxPredictor` has the methods and outputs of `mobile_sam.SamPredictor` (``set_image``,
+``predict``, ``get_image_embedding``, ``reset_image``, ...) and the small interface the
+automatic mask generator drives, so ``SamAutomaticMaskGenerator(OnnxPredictor(folder))``
+works. Pre- and post-processing are the shared code: `mobile_sam.transforms` resizes,
+normalises and moves coordinates, `mobile_sam.prompts` validates, and mask upscaling is the
+exported graph of `Sam.postprocess_masks` (``upscale.onnx``), not a numpy re-implementation.
+
+`OnnxDecoder` runs ``decoder.onnx``, the file with SAM's ONNX decoder interface.
+
+Sessions come from `create_session` (onnxruntime, CPU); pass another ``session_factory``
+(path, threads) -> object with ``run(output_names, feeds)``, ``get_inputs()`` and
+``get_outputs()`` to use another engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..prompts import as_rgb_uint8, check_boxes, check_points, finite_array
+from ..transforms import ResizeLongestSide, prepare_image
+
+__all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "load_model_info"]
+
+MODEL_JSON = "model.json"
+PRECISIONS = ("fp32", "int8")
+# Inputs and outputs each file must have, by role in model.json's "files".
+ROLE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "encoder": (("image",), ("image_embeddings",)),
+    "decoder": (
+        ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
+         "orig_im_size"),
+        ("masks", "iou_predictions", "low_res_masks"),
+    ),
+    "decoder_lowres": (
+        ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"),
+        ("low_res_masks", "iou_predictions"),
+    ),
+    "upscale": (("low_res_masks", "orig_im_size"), ("masks",)),
+}
+# Prompts decoded per session call and masks upscaled per call: bounds the memory of a
+# batch (the upscaling passes through the padded S×S frame, 4 MiB per mask at 1024²).
+_PROMPTS_PER_CALL = 16
+_MASKS_PER_UPSCALE = 16
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+SessionFactory = Callable[[Path, "int | None"], Any]
+
+
+class OnnxModelError(ValueError):
+    """An exported model folder or ONNX file that cannot be used, named with the reason."""
+
+
+def create_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for `path`, on `threads` intra-op threads (None: ORT's
+    default). Raises `OnnxModelError` naming the file when it cannot be loaded."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError(
+            "the ONNX runtime needs onnxruntime: pip install onnxruntime "
+            "(or pip install 'mobile_sam[onnx]')"
+        ) from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no notes about unused initialisers
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxModelError(f"{path}: cannot load the ONNX model: {reason}") from None
+
+
+def load_model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an export folder's model.json (written by ``mobile-sam export``)."""
+    folder = Path(folder)
+    path = folder / MODEL_JSON if folder.is_dir() else folder
+    if not path.is_file():
+        if not folder.exists():
+            raise FileNotFoundError(f"ONNX model folder {folder} does not exist")
+        raise FileNotFoundError(
+            f"{path} not found: point to a folder written by `mobile-sam export --out DIR`"
+        )
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OnnxModelError(f"{path} is not valid JSON: {exc}") from None
+    missing = [k for k in ("image_size", "mask_input_size", "mask_threshold", "files")
+               if k not in (info if isinstance(info, dict) else {})]
+    if missing:
+        raise OnnxModelError(f"{path} is not a mobile_sam ONNX description: missing {missing}")
+    return info
+
+
+def _names(items: Any) -> tuple[str, ...]:
+    return tuple(item.name for item in items)
+
+
+def _open(folder: Path, info: dict[str, Any], key: str, role: str, threads: int | None,
+          factory: SessionFactory) -> Any:
+    """Load the file model.json lists under `key` and check it has the `role`'s interface."""
+    name = info["files"].get(key)
+    if name is None:
+        raise OnnxModelError(f"{folder / MODEL_JSON} lists no {key!r} file; re-export "
+                             f"(for int8: mobile-sam export --quantize int8)")
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{role} file {path} not found (listed in {folder / MODEL_JSON})")
+    session = factory(path, threads)
+    want_in, want_out = ROLE_IO[role]
+    got_in, got_out = _names(session.get_inputs()), _names(session.get_outputs())
+    if set(got_in) != set(want_in) or not set(want_out) <= set(got_out):
+        guess = next((r for r, (i, _) in ROLE_IO.items() if set(i) == set(got_in)), None)
+        hint = f" (it looks like the {guess} file)" if guess and guess != role else ""
+        raise OnnxModelError(
+            f"{path} is not the {role} graph{hint}: it has inputs {list(got_in)} and outputs "
+            f"{list(got_out)}, expected inputs {list(want_in)} and outputs {list(want_out)}"
+        )
+    return session
+
+
+def _feeds(session: Any, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Cast every feed to the dtype the graph declares (so e.g. an int32 orig_im_size works)."""
+    out = {}
+    for item in session.get_inputs():
+        dtype = _ORT_TYPES.get(item.type)
+        out[item.name] = np.ascontiguousarray(values[item.name], dtype=dtype)
+    return out
+
+
+class OnnxPredictor:
+    """`SamPredictor` over an export folder: embed an image once, decode many prompts.
+
+    folder: written by ``mobile-sam export`` (or `mobile_sam.onnx.export.export_onnx`).
+    precision: "fp32" or "int8" (the quantized encoder; the decoder stays fp32).
+    threads: onnxruntime intra-op threads (None: its default, all cores).
+    Coordinates are XY pixels of the original image, boxes XYXY, as for `SamPredictor`.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, precision: str = "fp32",
+                 threads: int | None = None,
+                 session_factory: SessionFactory = create_session) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self.folder = Path(folder)
+        self.info = load_model_info(self.folder)
+        if not self.folder.is_dir():
+            self.folder = self.folder.parent
+        encoder_key = "encoder" if precision == "fp32" else "encoder_int8"
+        self.encoder = _open(self.folder, self.info, encoder_key, "encoder", threads,
+                             session_factory)
+        self.decoder = _open(self.folder, self.info, "decoder_lowres", "decoder_lowres",
+                             threads, session_factory)
+        self.upscaler = _open(self.folder, self.info, "upscale", "upscale", threads,
+                              session_factory)
+        self.precision = precision
+        self.image_size = int(self.info["image_size"])
+        self.mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
+        self.transform = ResizeLongestSide(self.image_size)
+        self.reset_image()
+
+    # ----------------------------------------------------------------- image
+    @property
+    def mask_threshold(self) -> float:
+        return float(self.info["mask_threshold"])
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """1×3×S×S float32 (from `mobile_sam.transforms.prepare_image`) -> 1×C×h×w embedding."""
+        return self.encoder.run(["image_embeddings"], {"image": image})[0]
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see `as_rgb_uint8`)."""
+        image = as_rgb_uint8(image, image_format)
+        prepared, input_size = prepare_image(image, self.image_size)
+        features = self.encode(prepared)
+        self.reset_image()
+        self.features = features
+        self.original_size = (int(image.shape[0]), int(image.shape[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image's embedding: 1, 256, 64, 64 float32."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    # --------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object, as `SamPredictor.predict`.
+
+        point_coords: N, 2 XY pixels; point_labels: N (1 foreground, 0 background, -1 ignored);
+        box: 4 XYXY pixels; mask_input: 1, 256, 256 low-res logits from an earlier call.
+        Returns masks (M, H, W) bool (float32 logits if return_logits), iou_predictions (M,)
+        and low_res_logits (M, 256, 256), with M = 3 if multimask_output else 1.
+        """
+        self._require_image()
+        coords = labels = boxes = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = check_points(point_coords, point_labels)
+        if box is not None:
+            boxes = check_boxes(box, "box")
+            if boxes.shape[0] != 1:
+                raise ValueError(f"box must be one XYXY box of 4 numbers, got shape "
+                                 f"{np.shape(box)}; call predict once per box")
+        mask = None
+        if mask_input is not None:
+            want = (1, *self.mask_input_size)
+            mask = finite_array(mask_input, "mask_input", str(want))
+            if mask.shape != want:
+                raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
+                                 f"earlier prediction), got {mask.shape}")
+        point_feeds = self.prompt_arrays(coords, labels, boxes)
+        low_res, iou = self._decode(*point_feeds, mask)
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        low_res, iou = low_res[0, selected], iou[0, selected]
+        masks = self.upscale_logits(low_res)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, iou, low_res
+
+    def prompt_arrays(self, coords: np.ndarray | None, labels: np.ndarray | None,
+                      boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """SAM's ONNX prompt convention for one prompt: points (N, 2 original pixels) and a
+        box (1, 4 XYXY) -> point_coords 1×N'×2 in the resized frame, point_labels 1×N'.
+
+        The box becomes two points labelled 2 and 3 after the points; without a box, a
+        (0, 0) point labelled -1 is appended when there are points, as the torch path pads.
+        """
+        self._require_image()
+        parts, part_labels = [], []
+        if coords is not None:
+            parts.append(self.transform.apply_coords(coords, self.original_size))
+            part_labels.append(np.asarray(labels, dtype=np.float32))
+            if boxes is None:
+                parts.append(np.zeros((1, 2)))
+                part_labels.append(np.array([-1.0], dtype=np.float32))
+        if boxes is not None:
+            parts.append(self.transform.apply_boxes(boxes, self.original_size).reshape(2, 2))
+            part_labels.append(np.array([2.0, 3.0], dtype=np.float32))
+        if not parts:
+            return np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.float32)
+        return (np.concatenate(parts).astype(np.float32)[None],
+                np.concatenate(part_labels)[None])
+
+    def _decode(self, point_coords: np.ndarray, point_labels: np.ndarray,
+                mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """B×N×2, B×N and an optional 1×256×256 mask -> low-res B×4×256×256, IoU B×4."""
+        if mask_input is None:
+            mask, has_mask = np.zeros((1, 1, *self.mask_input_size), np.float32), 0.0
+        else:
+            mask, has_mask = np.asarray(mask_input, np.float32)[None], 1.0
+        feeds = {"image_embeddings": self.features, "mask_input": mask,
+                 "has_mask_input": np.array([has_mask], np.float32)}
+        low_res, iou = [], []
+        for start in range(0, max(len(point_coords), 1), _PROMPTS_PER_CALL):
+            stop = start + _PROMPTS_PER_CALL
+            feeds.update(point_coords=point_coords[start:stop],
+                         point_labels=point_labels[start:stop])
+            out = self.decoder.run(["low_res_masks", "iou_predictions"],
+                                   _feeds(self.decoder, feeds))
+            low_res.append(out[0])
+            iou.append(out[1])
+        return np.concatenate(low_res), np.concatenate(iou)
+
+    # ------------------------------------------- used by the automatic mask generator
+    def predict_point_batch(self, points: np.ndarray,
+                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One positive point per prompt, three masks each.
+
+        points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
+        and IoU predictions N, 3 (float32). `min_iou` is accepted for the generator's
+        interface; the graph computes every prompt's logits anyway, so all are returned.
+        """
+        self._require_image()
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        coords = self.transform.apply_coords(points, self.original_size)
+        n = len(coords)
+        point_coords = np.stack([coords, np.zeros_like(coords)], axis=1)  # point + padding
+        point_labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
+        low_res, iou = self._decode(point_coords, point_labels, None)
+        return low_res[:, 1:], iou[:, 1:]
+
+    def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
+        """K, 256, 256 low-res logits -> K, H, W float32 logits at the current image's size
+        (the exported `Sam.postprocess_masks`)."""
+        self._require_image()
+        low = np.asarray(low_res_logits, dtype=np.float32)
+        size = np.array(self.original_size, np.float32)
+        out = [self.upscaler.run(["masks"], {"low_res_masks": low[None, s:s + _MASKS_PER_UPSCALE],
+                                             "orig_im_size": size})[0][0]
+               for s in range(0, len(low), _MASKS_PER_UPSCALE)]
+        if not out:
+            return np.zeros((0, *self.original_size), np.float32)
+        return np.concatenate(out)
+
+
+class OnnxDecoder:
+    """``decoder.onnx`` (SAM's ONNX decoder interface) with defaults and dtype casting.
+
+    `run` takes image_embeddings 1×256×64×64, point_coords B×N×2 (resized frame, padding and
+    box corners included), point_labels B×N, optional mask_input (has_mask_input follows
+    it) and orig_im_size (H, W) as ints or floats of any dtype; returns the outputs by name:
+    masks B×M×H×W logits, iou_predictions B×M, low_res_masks B×M×256×256.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, threads: int | None = None,
+                 session_factory: SessionFactory = create_session) -> None:
+        folder = Path(folder)
+        self.info = load_model_info(folder)
+        folder = folder if folder.is_dir() else folder.parent
+        self.session = _open(folder, self.info, "decoder", "decoder", threads, session_factory)
+        self.mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
+
+    def run(self, image_embeddings: np.ndarray, point_coords: np.ndarray,
+            point_labels: np.ndarray, orig_im_size: Any,
+            mask_input: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        has_mask = mask_input is not None
+        if mask_input is None:
+            mask_input = np.zeros((1, 1, *self.mask_input_size), np.float32)
+        size = np.asarray(orig_im_size)
+        if size.shape != (2,) or not np.all(np.isfinite(size)) or np.any(size < 1):
+            raise ValueError(f"orig_im_size must be (H, W) with both >= 1, got {size.tolist()}")
+        values = {"image_embeddings": image_embeddings, "point_coords": point_coords,
+                  "point_labels": point_labels, "mask_input": mask_input,
+                  "has_mask_input": np.array([float(has_mask)]), "orig_im_size": size}
+        names = _names(self.session.get_outputs())
+        return dict(zip(names, self.session.run(list(names), _feeds(self.session, values))))
