@@ -31,7 +31,7 @@ def test_numpy_modules_do_not_import_torch():
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import mobile_sam, mobile_sam.transforms, mobile_sam.masks, mobile_sam.io, mobile_sam.automatic, mobile_sam.prompts\n"
+        "import mobile_sam, mobile_sam.transforms, mobile_sam.masks, mobile_sam.io, mobile_sam.automatic, mobile_sam.prompts, mobile_sam.onnx\n"
         "assert 'torch' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -14,7 +14,7 @@ import torch
 from .backends import default_backend, make_encoder, weights_fingerprint
 from .modeling import Sam
 from .modeling.fast_decoder import DecoderImageCache, decode_masks
-from .prompts import as_rgb_uint8, check_boxes, check_points, finite_array
+from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
 from .transforms import ResizeLongestSide, prepare_image
 
 class SamPredictor:
@@ -141,11 +141,7 @@ class SamPredictor:
             box_t = torch.as_tensor(self.transform.apply_boxes(box_arr, self.original_size),
                                     dtype=torch.float, device=self.device)
         if mask_input is not None:
-            want = (1, *self.model.prompt_encoder.mask_input_size)
-            mask_arr = finite_array(mask_input, "mask_input", str(want))
-            if mask_arr.shape != want:
-                raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
-                                 f"earlier prediction), got {mask_arr.shape}")
+            mask_arr = check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
             mask_t = torch.as_tensor(mask_arr, dtype=torch.float, device=self.device)[None]
         masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t,
                                                  multimask_output, return_logits)

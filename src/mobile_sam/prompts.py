@@ -75,3 +75,13 @@ def check_boxes(boxes: Any, name: str) -> np.ndarray:
     if bad.any():
         raise ValueError(f"{name} must be XYXY with x1 >= x0 and y1 >= y0, got {arr[bad][0].tolist()}")
     return arr
+
+
+def check_mask_input(mask_input: Any, size: tuple[int, int]) -> np.ndarray:
+    """A (1, h, w) low-res logits array from an earlier prediction, as float64."""
+    want = (1, *size)
+    mask = finite_array(mask_input, "mask_input", str(want))
+    if mask.shape != want:
+        raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
+                         f"earlier prediction), got {mask.shape}")
+    return mask

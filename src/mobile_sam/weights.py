@@ -259,7 +259,7 @@ def ensure_checkpoint(
                 f"got {size}; delete it to download it again"
             )
         if verify_hash:
-            digest = _sha256_of(path)
+            digest = sha256_of(path)
             if digest != spec.sha256:
                 raise WeightsChecksumError(
                     f"cached checkpoint {path} has the wrong sha256: expected {spec.sha256}, "
@@ -274,7 +274,7 @@ def ensure_checkpoint(
     return download_checkpoint(spec, folder, progress=progress, timeout=timeout)
 
 
-def _sha256_of(path: Path, hasher: hashlib._Hash | None = None) -> str:
+def sha256_of(path: Path, hasher: hashlib._Hash | None = None) -> str:
     h = hasher or hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -424,7 +424,7 @@ def _fetch(
     hasher = hashlib.sha256()
     if have:
         # Hash what is already there so the final digest covers the whole file.
-        _sha256_of(part, hasher)
+        sha256_of(part, hasher)
     bar.reset(total=spec.size)
     bar.update(have)
     if have == spec.size:

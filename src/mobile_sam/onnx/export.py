@@ -421,9 +421,9 @@ def export_onnx(
     out = Path(out_dir)
     source = None
     if checkpoint is not None:
-        from ..weights import _sha256_of
+        from ..weights import sha256_of
 
-        source = {"file": Path(checkpoint).name, "sha256": _sha256_of(Path(checkpoint))}
+        source = {"file": Path(checkpoint).name, "sha256": sha256_of(Path(checkpoint))}
     tmp = _prepare_folder(out)
     training = model.training
     try:

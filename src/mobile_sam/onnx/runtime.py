@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..prompts import as_rgb_uint8, check_boxes, check_points, finite_array
+from ..prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
 from ..transforms import ResizeLongestSide, prepare_image
 
 __all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "load_model_info"]
@@ -234,11 +234,7 @@ class OnnxPredictor:
                                  f"{np.shape(box)}; call predict once per box")
         mask = None
         if mask_input is not None:
-            want = (1, *self.mask_input_size)
-            mask = finite_array(mask_input, "mask_input", str(want))
-            if mask.shape != want:
-                raise ValueError(f"mask_input must have shape {want} (low-res logits of an "
-                                 f"earlier prediction), got {mask.shape}")
+            mask = check_mask_input(mask_input, self.mask_input_size)
         point_feeds = self.prompt_arrays(coords, labels, boxes)
         low_res, iou = self._decode(*point_feeds, mask)
         selected = slice(1, None) if multimask_output else slice(0, 1)
