@@ -447,3 +447,42 @@ def test_golden_amg(reference_dir):
         assert rec["area"] == int(rec["segmentation"].sum()), what
         assert rec["point_coords"] == [want["point_coords"][j].tolist()], what
         assert rec["crop_box"] == want["crop_box"][j].tolist(), what
+
+
+@pytest.mark.slow
+def test_fast_mode_finds_the_golden_masks(reference_dir):
+    """mode="fast" keeps at least 90 % of the exact masks (IoU >= 0.9) on the fixture settings."""
+    from mobile_sam import sam_model_registry
+
+    root = reference_dir / "fixture_a"
+    prompts = json.loads((root / "prompts.json").read_text())
+    amg = prompts["amg"]
+    info = next(i for i in prompts["images"] if i["name"] == amg["image"])
+    golden = np.load(root / "golden.npz")
+    h, w = info["height"], info["width"]
+    want_masks = [np.unpackbits(row)[: h * w].reshape(h, w).astype(bool)
+                  for row in golden[amg["outputs"]["segmentation_packbits"]]]
+    image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
+    model = sam_model_registry[prompts["model_type"]](checkpoint=root / prompts["checkpoint"])
+    records = SamAutomaticMaskGenerator(model, mode="fast", **amg["kwargs"]).generate(image)
+    got = [r["segmentation"] for r in records]
+    matched = sum(any((g & t).sum() / max((g | t).sum(), 1) >= 0.9 for g in got) for t in want_masks)
+    assert matched >= 0.9 * len(want_masks), (matched, len(want_masks))
+
+
+def test_fast_mode_skips_points_inside_confident_masks():
+    """Every mask covers the whole image, confidently: after the coarse level every remaining
+    point is covered, so only the coarse points are decoded; exact mode decodes them all."""
+    big = FakeMask(radius=1000.0, slope=10.0, iou=0.99)
+    counts = {}
+    for mode in ("exact", "fast"):
+        predictor = FakePredictor((big, big, big))
+        decoded = []
+        original = predictor.predict_point_batch
+        predictor.predict_point_batch = lambda p, min_iou=None: (decoded.append(len(p)), original(p, min_iou))[1]
+        SamAutomaticMaskGenerator(predictor, points_per_side=8, mode=mode).generate(
+            np.zeros((40, 60, 3), np.uint8))
+        counts[mode] = sum(decoded)
+    assert counts == {"exact": 64, "fast": 16}  # fast: the 4 x 4 coarse points of the 8 x 8 grid
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SamAutomaticMaskGenerator(FakePredictor((big, big, big)), mode="turbo")

@@ -158,7 +158,8 @@ class SamAutomaticMaskGenerator:
         remaining points that no confident kept mask (predicted IoU >= 0.88, stability >=
         0.95) covers yet (a point inside a found object mostly
         finds that object again, which NMS would discard). Far fewer decoder runs on images
-        with large objects; masks that only such a point would have found are missed.
+        with large confident objects; masks that only a skipped point would have found are
+        missed.
     """
 
     def __init__(

@@ -8,11 +8,11 @@ there. Pre- and post-processing stay the shared numpy code; only the encoder cal
 | backend | precision | needs |
 |---|---|---|
 | torch | fp32 (or the model's dtype) | nothing more |
+| openvino | fp32, bf16 | a dependency of mobile_sam (`mobile_sam[openvino]` names it too) |
 | onnxruntime | fp32, int8 (dynamic quantization of the MatMuls) | `pip install mobile_sam[onnx]` |
-| openvino | fp32, bf16 | `pip install mobile_sam[openvino]` |
 
 `auto` picks, for a model on the CPU: OpenVINO if installed, else onnxruntime, else torch
-(fp32 fidelity in all three); for a model on a GPU: torch. The environment variable
+(fp32 fidelity in all three); for a model on a GPU, or cast to another dtype: torch. The environment variable
 `MOBILE_SAM_BACKEND` overrides what `auto` means.
 """
 from __future__ import annotations

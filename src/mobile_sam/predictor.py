@@ -20,6 +20,8 @@ from .transforms import ResizeLongestSide, prepare_image
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
 
+    cpu_decoder_batch = 2  # prompts decoded together by predict_point_batch on a CPU
+
     def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
         """backend: where the image encoder runs, "auto" | "torch" | "onnxruntime" |
         "openvino"; precision: "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
@@ -235,7 +237,13 @@ class SamPredictor:
         coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), self.original_size)
         coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[:, None, :]
         labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=self.device)
-        low_res, iou = self._decode(coords_t, labels_t, None, None, True, min_iou)
+        # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
+        # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
+        step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
+        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou)
+                 for i in range(0, len(coords_t), step)]
+        low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
+        iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         return low_res.cpu().numpy(), iou.cpu().numpy()
 
     @torch.inference_mode()

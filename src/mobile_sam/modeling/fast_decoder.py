@@ -157,7 +157,7 @@ def decode_masks(decoder: MaskDecoder, cache: DecoderImageCache, sparse: torch.T
     needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
     if len(needed):
         masks[needed] = upscale_and_project(decoder.output_upscaling, src[needed], cache.size,
-                                            hyper[needed])
+                                            hyper[needed]).to(masks.dtype)
     return masks, iou
 
 
