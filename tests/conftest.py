@@ -23,6 +23,17 @@ REFERENCE_DIR = Path(
 REQUIRE_REFERENCE = os.environ.get("MOBILE_SAM_REQUIRE_REFERENCE") == "1"
 
 
+# Prepended to code run in a subprocess to prove it works where torch cannot be imported.
+BLOCK_TORCH = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ImportError('torch is blocked in this test')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """The shared reference folder (manifests, golden fixture, photos)."""

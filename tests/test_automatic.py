@@ -411,8 +411,9 @@ def test_wraps_a_sam_model():
 # ----------------------------------------------------------------------------- golden replay
 
 
-@pytest.mark.slow
-def test_golden_amg(reference_dir):
+@pytest.fixture(scope="module")
+def golden_amg(reference_dir):
+    """(model, image, generator kwargs, recorded outputs, recorded masks) of the fixture."""
     from mobile_sam import sam_model_registry
 
     root = reference_dir / "fixture_a"
@@ -424,9 +425,14 @@ def test_golden_amg(reference_dir):
     h, w = info["height"], info["width"]
     want_masks = [np.unpackbits(row)[: h * w].reshape(h, w).astype(bool)
                   for row in want["segmentation_packbits"]]
-
     image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
     model = sam_model_registry[prompts["model_type"]](checkpoint=root / prompts["checkpoint"])
+    return model, image, amg, want, want_masks
+
+
+@pytest.mark.slow
+def test_golden_amg(golden_amg):
+    model, image, amg, want, want_masks = golden_amg
     records = SamAutomaticMaskGenerator(model, **amg["kwargs"]).generate(image)
 
     assert len(records) == amg["num_masks"] == len(want_masks)
@@ -450,20 +456,9 @@ def test_golden_amg(reference_dir):
 
 
 @pytest.mark.slow
-def test_fast_mode_finds_the_golden_masks(reference_dir):
+def test_fast_mode_finds_the_golden_masks(golden_amg):
     """mode="fast" keeps at least 90 % of the exact masks (IoU >= 0.9) on the fixture settings."""
-    from mobile_sam import sam_model_registry
-
-    root = reference_dir / "fixture_a"
-    prompts = json.loads((root / "prompts.json").read_text())
-    amg = prompts["amg"]
-    info = next(i for i in prompts["images"] if i["name"] == amg["image"])
-    golden = np.load(root / "golden.npz")
-    h, w = info["height"], info["width"]
-    want_masks = [np.unpackbits(row)[: h * w].reshape(h, w).astype(bool)
-                  for row in golden[amg["outputs"]["segmentation_packbits"]]]
-    image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
-    model = sam_model_registry[prompts["model_type"]](checkpoint=root / prompts["checkpoint"])
+    model, image, amg, _, want_masks = golden_amg
     records = SamAutomaticMaskGenerator(model, mode="fast", **amg["kwargs"]).generate(image)
     got = [r["segmentation"] for r in records]
     matched = sum(any((g & t).sum() / max((g | t).sum(), 1) >= 0.9 for g in got) for t in want_masks)

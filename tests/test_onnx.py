@@ -32,6 +32,8 @@ from mobile_sam.onnx import export as E
 from mobile_sam.predictor import SamPredictor
 from mobile_sam.transforms import get_preprocess_shape
 
+from conftest import BLOCK_TORCH
+
 IMAGES = ["truck_640x427", "dog_517x333", "groceries_gray_600x400"]
 
 
@@ -487,13 +489,7 @@ def test_runtime_runs_without_torch(exported, onnx_predictor, fixture_data, tmp_
     _, _, images = fixture_data
     image = images["dog_517x333"]
     np.save(tmp_path / "image.npy", image)
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = BLOCK_TORCH + (
         "import numpy as np\n"
         "from mobile_sam.onnx import OnnxPredictor\n"
         "from mobile_sam import SamAutomaticMaskGenerator\n"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import mobile_sam
+from conftest import BLOCK_TORCH
 
 
 def test_all_is_pinned():
@@ -24,13 +25,7 @@ def test_original_import_line_works():
 
 
 def test_numpy_modules_do_not_import_torch():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = BLOCK_TORCH + (
         "import mobile_sam, mobile_sam.transforms, mobile_sam.masks, mobile_sam.io, mobile_sam.automatic, mobile_sam.prompts, mobile_sam.onnx\n"
         "assert 'torch' not in sys.modules\n"
     )
