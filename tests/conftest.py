@@ -83,6 +83,14 @@ def tiny_sam():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_sam, tmp_path_factory) -> Path:
+    """`tiny_sam`'s weights saved as a plain state dict (load it with the "tiny" config)."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(tiny_sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def fixture_checkpoint(reference_dir) -> Path:
     """The golden fixture's vit_t checkpoint (random weights, official layout)."""
     return reference_dir / "fixture_a" / "checkpoint.pt"

@@ -47,20 +47,6 @@ def image() -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny-config checkpoint (random weights, BatchNorm statistics perturbed)."""
-    torch.manual_seed(1)
-    model = build.build_sam(tiny_sam_config())
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.fixture
 def tiny_variant(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `load_sam` recognise tiny-config checkpoints (as it does the built-in variants)."""

@@ -67,19 +67,6 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    model = build.build_sam(tiny_sam_config())
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def tiny_variant(monkeypatch: pytest.MonkeyPatch) -> None:
     """`load_sam` recognises tiny-config checkpoints, as it does the built-in variants."""
