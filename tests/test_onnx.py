@@ -29,6 +29,7 @@ from mobile_sam.cli import main
 from mobile_sam.io import OutputWriteError
 from mobile_sam.onnx import OnnxDecoder, OnnxModelError, OnnxPredictor, load_model_info
 from mobile_sam.onnx import export as E
+from mobile_sam.onnx import runtime as R
 from mobile_sam.predictor import SamPredictor
 from mobile_sam.transforms import get_preprocess_shape
 
@@ -184,15 +185,26 @@ def test_stability_graph_matches_masks_module(rng):
 
 @pytest.mark.slow
 def test_upscale_graph_is_postprocess_masks(onnx_predictor, fixture_model, rng):
+    """upscale.onnx (exported for other tools) computes Sam.postprocess_masks."""
+    session = R.create_session(onnx_predictor.folder / "upscale.onnx", 2)
     low = rng.normal(0, 5, (3, 256, 256)).astype(np.float32)
-    for size in [(333, 517), (640, 427), (1, 1), (1500, 7), (1024, 1024)]:
-        onnx_predictor.original_size = size  # upscale_logits only needs the size
-        onnx_predictor.is_image_set = True
-        got = onnx_predictor.upscale_logits(low)
+    for size in [(333, 517), (1, 1), (1500, 7)]:
+        got = session.run(["masks"], {"low_res_masks": low[None],
+                                      "orig_im_size": np.array(size, np.float32)})[0][0]
         input_size = get_preprocess_shape(*size, 1024)
         want = fixture_model.postprocess_masks(torch.from_numpy(low)[None], input_size, size)[0]
-        assert got.shape == (3, *size)
         np.testing.assert_allclose(got, want.numpy(), atol=2e-3, rtol=0)  # float rounding
+
+
+def test_runtime_upscales_as_the_torch_predictor(onnx_predictor, fixture_model, rng):
+    low = rng.normal(0, 5, (3, 256, 256)).astype(np.float32)
+    image = np.zeros((333, 517, 3), np.uint8)
+    onnx_predictor.set_image(image)
+    torch_predictor = SamPredictor(fixture_model, backend="torch")
+    torch_predictor.set_image_embedding(torch.from_numpy(onnx_predictor.get_image_embedding()),
+                                        (333, 517), onnx_predictor.input_size)
+    np.testing.assert_array_equal(onnx_predictor.upscale_logits(low),
+                                  torch_predictor.upscale_logits(low))
     onnx_predictor.reset_image()
 
 
@@ -445,8 +457,8 @@ def test_runtime_refuses_bad_folders_and_files(tiny_exported, tmp_path):
     with pytest.raises(OnnxModelError, match=r"is not the encoder graph \(it looks like the "
                                              r"decoder_lowres file\).*expected inputs \['image'\]"):
         OnnxPredictor(swapped)
-    missing = without(tiny_exported, tmp_path / "missing", upscale="gone.onnx")
-    with pytest.raises(FileNotFoundError, match=r"upscale file .*gone\.onnx not found"):
+    missing = without(tiny_exported, tmp_path / "missing", decoder_lowres="gone.onnx")
+    with pytest.raises(FileNotFoundError, match=r"decoder_lowres file .*gone\.onnx not found"):
         OnnxPredictor(missing)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_exported, corrupt)

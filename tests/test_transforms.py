@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from mobile_sam.transforms import (PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, get_preprocess_shape,
-                                   normalize_and_pad, prepare_image)
+from mobile_sam.transforms import (PIXEL_MEAN, PIXEL_STD, MaskUpscaler, ResizeLongestSide,
+                                   get_preprocess_shape, mask_upscaler, normalize_and_pad,
+                                   prepare_image)
 
 
 @pytest.mark.parametrize("h,w,expected", [(427, 640, (683, 1024)), (333, 517, (660, 1024)),
@@ -64,3 +66,35 @@ def test_prepare_image_shapes(rng):
     x, input_size = prepare_image(image, 1024)
     assert x.shape == (1, 3, 1024, 1024) and input_size == (683, 1024)
     assert np.all(x[:, :, 683:] == 0)
+
+
+def _two_step_float64(low: np.ndarray, input_size, original_size) -> np.ndarray:
+    """SAM's postprocessing (resize to 1024², crop, resize to the image) in float64 torch."""
+    x = torch.from_numpy(low.astype(np.float64))[None]
+    x = F.interpolate(x, (1024, 1024), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+@pytest.mark.parametrize("size", [(480, 640), (427, 640), (1024, 1024), (1, 1), (7, 1500),
+                                  (3000, 2000), (100, 37)])
+def test_mask_upscaler_is_the_two_step_resize(size):
+    low = np.random.default_rng(0).normal(0, 10, (2, 256, 256)).astype(np.float32)
+    input_size = get_preprocess_shape(*size, 1024)
+    want = _two_step_float64(low, input_size, size)
+    upscaler = MaskUpscaler(256, 1024, input_size, size)
+    got = upscaler(low)
+    assert got.shape == (2, *size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)  # float32 rounding only
+    got_torch = upscaler(torch.from_numpy(low))
+    assert isinstance(got_torch, torch.Tensor)
+    np.testing.assert_array_equal(got_torch.numpy(), got)
+
+
+def test_mask_upscaler_keeps_leading_dimensions():
+    low = np.random.default_rng(1).normal(0, 10, (2, 3, 256, 256)).astype(np.float32)
+    upscaler = mask_upscaler(256, 1024, (768, 1024), (480, 640))
+    assert upscaler is mask_upscaler(256, 1024, (768, 1024), (480, 640))
+    got = upscaler(low)
+    assert got.shape == (2, 3, 480, 640)
+    np.testing.assert_array_equal(got[1, 2], upscaler(low[1, 2]))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam
+from .modeling.fast_decoder import DecoderRunner, TorchDecoderRunner
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "int8", "bf16")
@@ -104,6 +105,17 @@ def make_encoder(model: Sam, backend: str, precision: str = "fp32",
     if backend == "onnxruntime":
         return _onnxruntime_encoder(path, threads)
     return _openvino_encoder(path, threads, precision)
+
+
+def make_decoder(model: Sam, backend: str) -> DecoderRunner:
+    """The prompt-dependent decoder work (`PromptDecoder`, `MaskHead`) on the backend: compiled
+    by OpenVINO for "openvino", eager torch otherwise (onnxruntime runs the encoder only)."""
+    size = tuple(model.prompt_encoder.image_embedding_size)
+    if backend == "openvino":
+        from .openvino_decoder import OpenVINODecoderRunner
+
+        return OpenVINODecoderRunner(model, size, torch.get_num_threads())
+    return TorchDecoderRunner(model.mask_decoder, size)
 
 
 def _torch_encoder(model: Sam) -> Encoder:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import default_backend, make_encoder, weights_fingerprint
+from .backends import default_backend, make_decoder, make_encoder, weights_fingerprint
 from .modeling import Sam
-from .modeling.fast_decoder import DecoderImageCache, decode_masks
+from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, decode_masks
 from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
-from .transforms import ResizeLongestSide, prepare_image
+from .transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
@@ -32,6 +32,8 @@ class SamPredictor:
         self.precision = precision
         self._encoder = None
         self._encoder_fingerprint: tuple | None = None
+        self._decoder_runner: DecoderRunner | None = None
+        self._decoder_fingerprint: tuple | None = None
         self.reset_image()
 
     # ----------------------------------------------------------------- image
@@ -145,9 +147,13 @@ class SamPredictor:
         if mask_input is not None:
             mask_arr = check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
             mask_t = torch.as_tensor(mask_arr, dtype=torch.float, device=self.device)[None]
-        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t,
-                                                 multimask_output, return_logits)
-        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+        with torch.inference_mode():
+            low_res, iou = self._decode(coords_t, labels_t, box_t, mask_t, multimask_output)
+        low_res = low_res[0].cpu().numpy()
+        masks = self._upscale(low_res)  # numpy from here on: no torch threads left spinning
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, iou[0].cpu().numpy(), low_res
 
     @torch.inference_mode()
     def predict_torch(
@@ -166,7 +172,7 @@ class SamPredictor:
         """
         self._require_image()
         low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = self._upscale(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
@@ -185,12 +191,26 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
         if sparse.shape[0] != batch:
             sparse = sparse.expand(batch, -1, -1)
-        if self._decoder_cache is None:
-            self._decoder_cache = DecoderImageCache.build(self.features, self.model.prompt_encoder)
-        low_res, iou = decode_masks(self.model.mask_decoder, self._decoder_cache, sparse.to(dtype),
-                                    None if mask_input is None else dense.to(dtype),
+        model = self.model
+        if mask_input is not None:  # a dense embedding per prompt: nothing to reuse
+            cache = DecoderImageCache.build(self.features, model.prompt_encoder, model.mask_decoder, dense)
+        else:
+            if self._decoder_cache is None:
+                self._decoder_cache = DecoderImageCache.build(self.features, model.prompt_encoder,
+                                                              model.mask_decoder)
+            cache = self._decoder_cache
+        low_res, iou = decode_masks(self._decoder(), model.mask_decoder, cache, sparse.to(dtype),
                                     multimask_output, min_iou)
         return low_res.float(), iou.float()
+
+    def _decoder(self) -> DecoderRunner:
+        """The decoder runner for the backend, rebuilt when the decoder's weights change."""
+        fingerprint = (weights_fingerprint(self.model.mask_decoder),
+                       weights_fingerprint(self.model.prompt_encoder))
+        if self._decoder_runner is None or fingerprint != self._decoder_fingerprint:
+            self._decoder_runner = make_decoder(self.model, self.backend)
+            self._decoder_fingerprint = fingerprint
+        return self._decoder_runner
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
         sizes = {}
@@ -250,6 +270,16 @@ class SamPredictor:
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
         """K, 256, 256 low-res logits -> K, H, W logits at the current image's size."""
         self._require_image()
-        low = torch.as_tensor(low_res_logits, dtype=torch.float, device=self.device)[None]
-        masks = self.model.postprocess_masks(low, self.input_size, self.original_size)
-        return masks[0].cpu().numpy()
+        return np.asarray(self._upscale(np.asarray(low_res_logits, dtype=np.float32)))
+
+    def _upscale(self, low_res: Any) -> Any:
+        """Low-res logits (..., 256, 256) -> logits at the image size: one sparse pass on the
+        CPU (`MaskUpscaler`), the model's two interpolations on other devices."""
+        if self.device.type == "cpu" or isinstance(low_res, np.ndarray):
+            upscaler = mask_upscaler(4 * self.model.prompt_encoder.image_embedding_size[0],
+                                     self.model.img_size, self.input_size, self.original_size)
+            return upscaler(low_res)
+        shape = low_res.shape
+        masks = self.model.postprocess_masks(low_res.reshape(-1, 1, *shape[-2:]), self.input_size,
+                                             self.original_size)
+        return masks.reshape(*shape[:-2], *masks.shape[-2:])

@@ -1,54 +1,134 @@
 """The mask decoder computed with fewer FLOPs, for inference.
 
 Same function as `MaskDecoder` + `TwoWayTransformer` (results agree to float rounding), with
-three rewrites that matter on a CPU:
+rewrites that matter on a CPU:
 
-- Attention between the few prompt tokens (n ≈ 2-7) and the 4096 image tokens never
-  projects the image tokens. For token->image attention, scores = (q·W_k)·X^T + q·b_k and
-  output = (A·X)·W_v^T + b_v (softmax rows sum to 1); for image->token attention,
-  scores = X·(W_q^T·k) + b_q·k and output = A·(v·W_out^T) + b_out. Each becomes one GEMM of
-  width heads·n instead of projections of width 128-256 over 4096 tokens: half the work.
-- Work that does not depend on the prompt (the dense positional encoding, the image tokens
-  plus the "no mask" embedding) is computed once per image (`DecoderImageCache`).
-- Only the requested mask tokens go through the hypernetwork product.
+- Work that does not depend on the prompt is done once per image (`DecoderImageCache`): the
+  dense positional encoding, the image tokens plus the "no mask" embedding, and the first
+  layer's projections of the image tokens (its keys, values and image-side queries).
+- In the later layers, attention between the few prompt tokens (n ≈ 2-7) and the 4096 image
+  tokens never projects the image tokens. For token->image attention,
+  scores = (q·W_k)·X^T + q·b_k and output = (A·X)·W_v^T + b_v (softmax rows sum to 1); for
+  image->token attention, scores = X·(W_q^T·k) + b_q·k and output = A·(v·W_out^T) + b_out.
+  Each becomes one GEMM of width heads·n instead of projections of width 128-256 over 4096
+  tokens: half the work.
+- The upscaling's 2×2 stride-2 transposed convolutions are GEMMs on channels-last tokens.
+
+The prompt-dependent work is two modules, `PromptDecoder` (transformer, IoU head,
+hypernetworks) and `MaskHead` (upscaling and the hypernetwork product), so that a caller can
+skip the second for prompts it will drop, and so that both can be compiled by another runtime
+(see `mobile_sam.backends.make_decoder`) from this one implementation.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transformer import Attention, TwoWayTransformer
+from .transformer import Attention
 
 
 @dataclass
 class DecoderImageCache:
-    """Prompt-independent tensors for one image embedding (token layout: 1, L, C)."""
+    """Prompt-independent decoder inputs for one image (token layout: batch, L, C).
 
-    image: torch.Tensor  # image embedding tokens
-    keys: torch.Tensor  # image tokens + the "no mask" dense embedding
-    key_pe: torch.Tensor  # positional encoding of the image tokens
-    keys_with_pe: torch.Tensor  # keys + key_pe (first layer, no mask input)
+    The batch is 1 (shared by every prompt) or B when a mask input adds a dense embedding
+    per prompt.
+    """
+
+    keys: torch.Tensor  # image tokens + dense prompt embedding: 1|B, L, C
+    key_pe: torch.Tensor  # positional encoding of the image tokens: 1, L, C
+    first_q: torch.Tensor  # layer 0 image->token queries, projected and scaled: 1|B, L, C'
+    first_k: torch.Tensor  # layer 0 token->image keys, projected and scaled: 1|B, heads, d, L
+    first_v: torch.Tensor  # layer 0 token->image values, projected: 1|B, heads, L, d
     size: tuple[int, int]  # h, w of the embedding grid
 
     @classmethod
-    def build(cls, image_embedding: torch.Tensor, prompt_encoder: PromptEncoder) -> "DecoderImageCache":
-        """image_embedding: 1, C, h, w."""
+    def build(cls, image_embedding: torch.Tensor, prompt_encoder: PromptEncoder,
+              decoder: MaskDecoder, dense: torch.Tensor | None = None) -> "DecoderImageCache":
+        """image_embedding: 1, C, h, w; dense: B, C, h, w embedded mask input, or None."""
         _, c, h, w = image_embedding.shape
         dtype = image_embedding.dtype
-        image = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        image = image_embedding.flatten(2).transpose(1, 2)
+        if dense is None:
+            keys = image + prompt_encoder.no_mask_embed.weight.to(dtype).reshape(1, 1, c)
+        else:
+            keys = image + dense.to(dtype).flatten(2).transpose(1, 2)
         key_pe = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2).contiguous()
-        keys = image + prompt_encoder.no_mask_embed.weight.to(dtype).reshape(1, 1, c)
-        return cls(image=image, keys=keys, key_pe=key_pe, keys_with_pe=keys + key_pe, size=(h, w))
+        keys_with_pe = keys + key_pe
+        first = decoder.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        b, length, _ = keys.shape
+        heads = t2i.num_heads
+        d = t2i.k_proj.out_features // heads
+        first_k = (t2i.k_proj(keys_with_pe) / math.sqrt(d)).view(b, length, heads, d)
+        first_v = t2i.v_proj(keys).view(b, length, heads, d)
+        d_q = i2t.q_proj.out_features // i2t.num_heads
+        return cls(keys=keys.contiguous(), key_pe=key_pe,
+                   first_q=(i2t.q_proj(keys_with_pe) / math.sqrt(d_q)).contiguous(),
+                   first_k=first_k.permute(0, 2, 3, 1).contiguous(),
+                   first_v=first_v.transpose(1, 2).contiguous(), size=(h, w))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The `PromptDecoder` inputs after the tokens, in order."""
+        return self.keys, self.key_pe, self.first_q, self.first_k, self.first_v
 
 
+# ------------------------------------------------------------------ attention forms
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, c = x.shape
     return x.view(b, n, heads, c // heads)  # B, n, heads, d
+
+
+def _short_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a handful of tokens): a few elementwise passes are
+    much faster than the generic kernel on millions of tiny rows."""
+    e = (x - x.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _mix_values(attn: Attention, probs: torch.Tensor, tokens_v: torch.Tensor) -> torch.Tensor:
+    """Image->token output A·(v·W_out^T) + b_out. probs: B, L, heads·n; tokens_v: B, n, C."""
+    heads = attn.num_heads
+    b, n, c = tokens_v.shape
+    v = _split_heads(attn.v_proj(tokens_v), heads)
+    w_o = attn.out_proj.weight.view(c, heads, -1)
+    v_out = torch.einsum("bnhd,chd->bhnc", v, w_o).reshape(b, heads * n, c)
+    return torch.baddbmm(attn.out_proj.bias.expand(b, probs.shape[1], c), probs, v_out)
+
+
+def first_token_to_image(attn: Attention, tokens_q: torch.Tensor, keys_t: torch.Tensor,
+                         values: torch.Tensor) -> torch.Tensor:
+    """Token->image attention on cached projections. keys_t: 1|B, heads, d, L (scaled);
+    values: 1|B, heads, L, d. Returns B, n, C."""
+    b, n, _ = tokens_q.shape
+    q = _split_heads(attn.q_proj(tokens_q), attn.num_heads).transpose(1, 2)  # B, heads, n, d
+    out = torch.matmul(torch.matmul(q, keys_t).softmax(dim=-1), values)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def first_image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tensor,
+                         tokens_v: torch.Tensor) -> torch.Tensor:
+    """Image->token attention on cached image queries (1|B, L, C', projected and scaled).
+
+    Each head's scores use its own slice of the queries: with the keys laid out block-diagonally
+    (C', heads·n), all heads are one GEMM. Returns B, L, C.
+    """
+    heads = attn.num_heads
+    b, n, _ = tokens_k.shape
+    k = _split_heads(attn.k_proj(tokens_k), heads)  # B, n, heads, d
+    eye = torch.eye(heads, dtype=k.dtype, device=k.device)
+    k_blocks = torch.einsum("bnhd,hg->bhdgn", k, eye).reshape(b, -1, heads * n)
+    scores = torch.matmul(image_q, k_blocks)  # B, L, heads·n
+    length = scores.shape[1]
+    probs = _short_softmax(scores.view(b, length, heads, n)).view(b, length, heads * n)
+    return _mix_values(attn, probs, tokens_v)
 
 
 def token_to_image(attn: Attention, tokens_q: torch.Tensor, image_k: torch.Tensor,
@@ -61,22 +141,16 @@ def token_to_image(attn: Attention, tokens_q: torch.Tensor, image_k: torch.Tenso
     b, n, c = tokens_q.shape
     q = _split_heads(attn.q_proj(tokens_q), heads)  # B, n, h, d
     d = q.shape[-1]
+    q = q / math.sqrt(d)
     w_k = attn.k_proj.weight.view(heads, d, c)
     b_k = attn.k_proj.bias.view(heads, d)
     q_k = torch.einsum("bnhd,hdc->bhnc", q, w_k).reshape(b, heads * n, c)
     bias = torch.einsum("bnhd,hd->bhn", q, b_k).reshape(b, heads * n, 1)
-    scores = (torch.matmul(q_k, image_k.transpose(1, 2)) + bias) / math.sqrt(d)  # B, h·n, L
+    scores = torch.baddbmm(bias, q_k, image_k.transpose(1, 2))  # B, h·n, L
     mixed = torch.matmul(scores.softmax(dim=-1), image_v).view(b, heads, n, c)  # A·X
     w_v = attn.v_proj.weight.view(heads, d, c)
     out = torch.einsum("bhnc,hdc->bnhd", mixed, w_v) + attn.v_proj.bias.view(heads, d)
     return attn.out_proj(out.reshape(b, n, heads * d))
-
-
-def _short_softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last axis (a handful of tokens): a few elementwise passes are
-    much faster than the generic kernel on millions of tiny rows."""
-    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
-    return e.div_(e.sum(dim=-1, keepdim=True))
 
 
 def image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tensor,
@@ -88,98 +162,143 @@ def image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tenso
     heads = attn.num_heads
     b, n, c = tokens_k.shape
     k = _split_heads(attn.k_proj(tokens_k), heads)  # B, n, h, d
-    v = _split_heads(attn.v_proj(tokens_v), heads)
     d = k.shape[-1]
+    k = k / math.sqrt(d)
     w_q = attn.q_proj.weight.view(heads, d, c)
     q_k = torch.einsum("hdc,bnhd->bchn", w_q, k).reshape(b, c, heads * n)
     bias = torch.einsum("hd,bnhd->bhn", attn.q_proj.bias.view(heads, d), k).reshape(b, 1, heads * n)
-    scores = (torch.matmul(image_q, q_k) + bias) / math.sqrt(d)  # B, L, h·n
-    lq = scores.shape[1]
-    probs = _short_softmax(scores.view(b, lq, heads, n)).view(b, lq, heads * n)
-    w_o = attn.out_proj.weight.view(c, heads, d)
-    v_out = torch.einsum("bnhd,chd->bhnc", v, w_o).reshape(b, heads * n, c)  # v·W_out^T per head
-    return torch.baddbmm(attn.out_proj.bias.expand(b, lq, c), probs, v_out)
+    scores = torch.baddbmm(bias, image_q.expand(b, -1, -1), q_k)  # B, L, h·n
+    length = scores.shape[1]
+    probs = _short_softmax(scores.view(b, length, heads, n)).view(b, length, heads * n)
+    return _mix_values(attn, probs, tokens_v)
 
 
-def run_transformer(transformer: TwoWayTransformer, cache: DecoderImageCache,
-                    tokens: torch.Tensor, dense: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two-way transformer on prompt tokens B, n, C.
+# ------------------------------------------------------------------ modules
+class PromptDecoder(nn.Module):
+    """Transformer, IoU head and hypernetworks for a batch of prompts on one image.
 
-    `dense` (B, C, h, w) is the embedded mask input, or None for "no mask" (cached keys).
-    Returns processed tokens B, n, C and image tokens B, L, C.
+    forward(tokens B,n,C, *DecoderImageCache.tensors()) -> image tokens B,L,C (for
+    `MaskHead`), IoU predictions B,4 and hypernetwork weights B,4,C/8 (all mask tokens).
     """
-    if dense is None:
-        keys, keys_with_pe = cache.keys, cache.keys_with_pe
-    else:
-        keys = cache.image + dense.flatten(2).transpose(1, 2)
-        keys_with_pe = keys + cache.key_pe
-    query_pe = tokens
-    queries = tokens
-    for layer in transformer.layers:
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer.self_attn(q, q, queries)
-        queries = layer.norm1(queries)
-        queries = layer.norm2(queries + token_to_image(layer.cross_attn_token_to_image,
-                                                       queries + query_pe, keys_with_pe, keys))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + image_to_token(layer.cross_attn_image_to_token, keys_with_pe,
-                                                 queries + query_pe, queries))
-        keys_with_pe = keys + cache.key_pe
-    attn = token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys_with_pe, keys)
-    return transformer.norm_final_attn(queries + attn), keys
+
+    def __init__(self, decoder: MaskDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor,
+                first_q: torch.Tensor, first_k: torch.Tensor,
+                first_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        transformer = self.decoder.transformer
+        query_pe = queries = tokens
+        keys_with_pe = None
+        for i, layer in enumerate(transformer.layers):
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(queries, queries, queries)
+            else:
+                q = queries + query_pe
+                queries = queries + layer.self_attn(q, q, queries)
+            queries = layer.norm1(queries)
+            if i == 0:
+                update = first_token_to_image(layer.cross_attn_token_to_image,
+                                              queries + query_pe, first_k, first_v)
+            else:
+                update = token_to_image(layer.cross_attn_token_to_image, queries + query_pe,
+                                        keys_with_pe, keys)
+            queries = layer.norm2(queries + update)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            if i == 0:
+                update = first_image_to_token(layer.cross_attn_image_to_token, first_q,
+                                              queries + query_pe, queries)
+            else:
+                update = image_to_token(layer.cross_attn_image_to_token, keys_with_pe,
+                                        queries + query_pe, queries)
+            keys = layer.norm4(keys + update)
+            keys_with_pe = keys + key_pe
+        attn = token_to_image(transformer.final_attn_token_to_image, queries + query_pe,
+                              keys_with_pe, keys)
+        hs = transformer.norm_final_attn(queries + attn)
+        iou = self.decoder.iou_prediction_head(hs[:, 0])
+        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in
+                             enumerate(self.decoder.output_hypernetworks_mlps)], dim=1)
+        return keys, iou, hyper
 
 
-def decode_masks(decoder: MaskDecoder, cache: DecoderImageCache, sparse: torch.Tensor,
-                 dense: torch.Tensor | None, multimask_output: bool,
-                 min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
-
-    sparse: B, n, C prompt embeddings; dense: B, C, h, w mask embedding or None (no mask).
-    min_iou: skip the upscaling (most of the per-prompt work) of prompts none of whose masks
-    has a predicted IoU above it; their logits are returned as zeros. The automatic mask
-    generator drops those masks anyway, so this is exact there.
-    """
-    b = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    hs, src = run_transformer(decoder.transformer, cache, tokens, dense)
-    selected = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
-    iou = decoder.iou_prediction_head(hs[:, 0])
-    iou = iou[:, 1:] if multimask_output else iou[:, :1]
-    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in selected], dim=1)
-    if min_iou is None:
-        return upscale_and_project(decoder.output_upscaling, src, cache.size, hyper), iou
-    h, w = cache.size
-    masks = src.new_zeros(b, len(selected), 4 * h, 4 * w)
-    needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
-    if len(needed):
-        masks[needed] = upscale_and_project(decoder.output_upscaling, src[needed], cache.size,
-                                            hyper[needed]).to(masks.dtype)
-    return masks, iou
-
-
-def upscale_and_project(upscaling, src: torch.Tensor, size: tuple[int, int],
-                        hyper: torch.Tensor) -> torch.Tensor:
-    """ConvT, LayerNorm2d, GELU, ConvT, GELU on image tokens, then the hypernetwork product.
+class MaskHead(nn.Module):
+    """Upscaling and hypernetwork product: image tokens B,L,C and weights B,M,C/8 ->
+    low-res mask logits B,M,4h,4w.
 
     A 2×2 stride-2 transposed convolution maps each pixel to its own 2×2 block, so it is one
     GEMM on channels-last tokens followed by a pixel shuffle; the shuffle is deferred to the
-    M output masks instead of the 32-64 channel maps. src: B, L, C tokens; hyper: B, M, 32.
-    Returns B, M, 4h, 4w.
+    M output masks instead of the 32-64 channel maps.
     """
-    conv1, norm, _, conv2, _ = upscaling
-    b = src.shape[0]
-    h, w = size
-    c1, c2 = conv1.out_channels, conv2.out_channels
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    x = torch.addmm(conv1.bias.repeat(4), src.reshape(b * h * w, -1), w1)  # (B·h·w, 2·2·c1)
-    x = F.gelu(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    x = F.gelu(torch.addmm(conv2.bias.repeat(4), x, w2))  # (B·h·w·4, 2·2·c2)
-    m = hyper.shape[1]
-    masks = torch.matmul(x.view(b, -1, c2), hyper.transpose(1, 2))  # B, h·w·16, M
-    masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return masks.reshape(b, m, 4 * h, 4 * w)
+
+    def __init__(self, decoder: MaskDecoder, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.upscaling = decoder.output_upscaling
+        self.size = tuple(size)
+
+    def forward(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        conv1, norm, _, conv2, _ = self.upscaling
+        b = src.shape[0]
+        h, w = self.size
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
+        x = torch.addmm(conv1.bias.repeat(4), src.reshape(b * h * w, -1), w1)  # B·h·w, 2·2·c1
+        x = F.gelu(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = F.gelu(torch.addmm(conv2.bias.repeat(4), x, w2))  # B·h·w·4, 2·2·c2
+        m = hyper.shape[1]
+        masks = torch.matmul(x.view(b, -1, c2), hyper.transpose(1, 2))  # B, h·w·16, M
+        masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, m, 4 * h, 4 * w)
+
+
+class DecoderRunner(Protocol):
+    """Runs `PromptDecoder` and `MaskHead`: the torch modules or a compiled copy of them."""
+
+    def prompt(self, tokens: torch.Tensor, cache: DecoderImageCache
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchDecoderRunner:
+    """The decoder modules in eager torch."""
+
+    def __init__(self, decoder: MaskDecoder, size: tuple[int, int]) -> None:
+        self.prompt_decoder = PromptDecoder(decoder)
+        self.mask_head = MaskHead(decoder, size)
+
+    def prompt(self, tokens, cache):
+        return self.prompt_decoder(tokens, *cache.tensors())
+
+    def masks(self, src, hyper):
+        return self.mask_head(src, hyper)
+
+
+def decode_masks(runner: DecoderRunner, decoder: MaskDecoder, cache: DecoderImageCache,
+                 sparse: torch.Tensor, multimask_output: bool,
+                 min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
+
+    sparse: B, n, C prompt embeddings (the cache holds the dense ones).
+    min_iou: skip the upscaling (a third of the per-prompt work) of prompts none of whose
+    masks has a predicted IoU above it; their logits are returned as zeros. The automatic
+    mask generator drops those masks anyway, so this is exact there.
+    """
+    b = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    src, iou, hyper = runner.prompt(tokens, cache)
+    selected = slice(1, None) if multimask_output else slice(0, 1)
+    iou, hyper = iou[:, selected], hyper[:, selected]
+    if min_iou is None:
+        return runner.masks(src, hyper.contiguous()), iou
+    needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
+    if len(needed) == b:
+        return runner.masks(src, hyper.contiguous()), iou
+    h, w = cache.size
+    masks = src.new_zeros(b, hyper.shape[1], 4 * h, 4 * w)
+    if len(needed):
+        masks[needed] = runner.masks(src[needed], hyper[needed].contiguous()).to(masks.dtype)
+    return masks, iou

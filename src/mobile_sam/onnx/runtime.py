@@ -4,8 +4,8 @@
 ``predict``, ``get_image_embedding``, ``reset_image``, ...) and the small interface the
 automatic mask generator drives, so ``SamAutomaticMaskGenerator(OnnxPredictor(folder))``
 works. Pre- and post-processing are the shared code: `mobile_sam.transforms` resizes,
-normalises and moves coordinates, `mobile_sam.prompts` validates, and mask upscaling is the
-exported graph of `Sam.postprocess_masks` (``upscale.onnx``), not a numpy re-implementation.
+normalises, moves coordinates and upscales masks (`MaskUpscaler`), `mobile_sam.prompts`
+validates.
 
 `OnnxDecoder` runs ``decoder.onnx``, the file with SAM's ONNX decoder interface.
 
@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
-from ..transforms import ResizeLongestSide, prepare_image
+from ..transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
 __all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "load_model_info"]
 
@@ -43,10 +43,8 @@ ROLE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "upscale": (("low_res_masks", "orig_im_size"), ("masks",)),
 }
-# Prompts decoded per session call and masks upscaled per call: bounds the memory of a
-# batch (the upscaling passes through the padded S×S frame, 4 MiB per mask at 1024²).
+# Prompts decoded per session call: bounds the memory of a batch.
 _PROMPTS_PER_CALL = 16
-_MASKS_PER_UPSCALE = 16
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64}
@@ -163,8 +161,6 @@ class OnnxPredictor:
                              session_factory)
         self.decoder = _open(self.folder, self.info, "decoder_lowres", "decoder_lowres",
                              threads, session_factory)
-        self.upscaler = _open(self.folder, self.info, "upscale", "upscale", threads,
-                              session_factory)
         self.precision = precision
         self.image_size = int(self.info["image_size"])
         self.mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
@@ -308,16 +304,11 @@ class OnnxPredictor:
 
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
         """K, 256, 256 low-res logits -> K, H, W float32 logits at the current image's size
-        (the exported `Sam.postprocess_masks`)."""
+        (the shared `mobile_sam.transforms.MaskUpscaler`, as the torch predictor)."""
         self._require_image()
-        low = np.asarray(low_res_logits, dtype=np.float32)
-        size = np.array(self.original_size, np.float32)
-        out = [self.upscaler.run(["masks"], {"low_res_masks": low[None, s:s + _MASKS_PER_UPSCALE],
-                                             "orig_im_size": size})[0][0]
-               for s in range(0, len(low), _MASKS_PER_UPSCALE)]
-        if not out:
-            return np.zeros((0, *self.original_size), np.float32)
-        return np.concatenate(out)
+        upscaler = mask_upscaler(self.mask_input_size[0], self.image_size, self.input_size,
+                                 self.original_size)
+        return upscaler(np.asarray(low_res_logits, dtype=np.float32))
 
 
 class OnnxDecoder:
