@@ -131,10 +131,10 @@ def decoder_job(kind: str, threads: int, repeats: int) -> dict:
     from mobile_sam import SamPredictor
 
     model, photo = _model(threads), _photo()
-    predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model, backend="torch")
+    predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model, backend=kind)
     predictor.set_image(photo)
     point, label = np.array([POINTS[0]]), np.array([1])
-    seconds = median_seconds(lambda: predictor.predict(point, label), repeats * 4)
+    seconds = median_seconds(lambda: predictor.predict(point, label), repeats * 8, warmup=3)
     masks = [predictor.predict(np.array([p]), np.array([1]))[0] for p in POINTS]
     return {"seconds": seconds, "masks": [np.packbits(m).tolist() for m in masks]}
 
@@ -228,9 +228,11 @@ def main() -> None:
 
     base = run_isolated(decoder_job, "eager", args.threads, args.repeats)
     add("predict 1 point, multimask", "eager (original ops)", base, base, "-")
-    r = run_isolated(decoder_job, "fast", args.threads, args.repeats)
-    ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
-    add("predict 1 point, multimask", "SamPredictor", r, base, f"mask IoU min {min(ious):.4f}")
+    for kind in ("auto", "torch"):
+        r = run_isolated(decoder_job, kind, args.threads, args.repeats)
+        ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
+        add("predict 1 point, multimask", f"SamPredictor, backend {kind}", r, base,
+            f"mask IoU min {min(ious):.4f}")
 
     if not args.quick:
         settings = [(0, None, "defaults"), (0, FIXTURE_THRESHOLDS, "fixture thresholds")]

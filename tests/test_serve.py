@@ -86,8 +86,8 @@ def assert_error(response, status: int, field: str | None, *words: str) -> None:
 
 class CallCounter:
     """Counts image encodings (`Engine.encode`, whatever the encoder backend) and prompt
-    decodes (each goes through the torch prompt encoder), and the most model calls that ever
-    ran at the same time."""
+    decodes (each runs the torch IoU head once on the torch backend the tests use), and the
+    most model calls that ever ran at the same time."""
 
     def __init__(self, model) -> None:
         self.encoder = 0
@@ -96,7 +96,7 @@ class CallCounter:
         self.max_active = 0
         self._lock = threading.Lock()
         self._handles = []
-        for module in [model.image_encoder, model.prompt_encoder]:
+        for module in [model.image_encoder, model.mask_decoder.iou_prediction_head]:
             self._handles.append(module.register_forward_pre_hook(self._enter))
             self._handles.append(module.register_forward_hook(self._leave))
 

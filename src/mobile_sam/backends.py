@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
@@ -92,7 +93,8 @@ def default_backend(model: Sam, backend: str, precision: str) -> str:
 def weights_fingerprint(module: torch.nn.Module) -> tuple:
     """Cheap identity of a module's current weights: changes when any tensor is replaced or
     modified in place (load_state_dict, .to(), optimizer steps), without reading the values."""
-    return tuple((t.data_ptr(), t._version, t.dtype) for t in module.state_dict().values())
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
 
 def make_encoder(model: Sam, backend: str, precision: str = "fp32",
@@ -110,12 +112,11 @@ def make_encoder(model: Sam, backend: str, precision: str = "fp32",
 def make_decoder(model: Sam, backend: str) -> DecoderRunner:
     """The prompt-dependent decoder work (`PromptDecoder`, `MaskHead`) on the backend: compiled
     by OpenVINO for "openvino", eager torch otherwise (onnxruntime runs the encoder only)."""
-    size = tuple(model.prompt_encoder.image_embedding_size)
     if backend == "openvino":
         from .openvino_decoder import OpenVINODecoderRunner
 
-        return OpenVINODecoderRunner(model, size, torch.get_num_threads())
-    return TorchDecoderRunner(model.mask_decoder, size)
+        return OpenVINODecoderRunner(model, torch.get_num_threads())
+    return TorchDecoderRunner(model.mask_decoder, model.prompt_encoder)
 
 
 def _torch_encoder(model: Sam) -> Encoder:

@@ -9,6 +9,7 @@ loading a fraction of one), keyed by the decoder's weights. The per-image inputs
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -19,25 +20,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling import Sam
-from .modeling.fast_decoder import DecoderImageCache, MaskHead, PromptDecoder
+from .modeling import Sam, fast_decoder
+from .modeling.fast_decoder import DecoderImageCache, FullDecoder, MaskHead, PromptDecoder
 
 log = logging.getLogger(__name__)
 
 
-def _examples(model: Sam, size: tuple[int, int]) -> dict[str, tuple]:
-    """Example inputs and input shapes (-1: dynamic) for each graph."""
+def _graphs(model: Sam) -> dict[str, tuple[torch.nn.Module, tuple, list[list[int]]]]:
+    """Each graph's module, example inputs and input shapes (-1: dynamic)."""
     decoder, encoder = model.mask_decoder, model.prompt_encoder
-    dim = decoder.transformer_dim
+    dim, size = decoder.transformer_dim, tuple(encoder.image_embedding_size)
     with torch.no_grad():
         cache = DecoderImageCache.build(torch.zeros(1, dim, *size), encoder, decoder)
-    tokens = torch.zeros(2, decoder.num_mask_tokens + 3, dim)
-    prompt_shapes = [[-1, -1, dim]] + [[-1, *t.shape[1:]] for t in cache.tensors()]
-    prompt_shapes[2][0] = 1  # key_pe is shared by every prompt
+    points, labels = torch.zeros(2, 2, 2), torch.tensor([[1, -1], [2, 3]])
+    cache_shapes = [[-1, *t.shape[1:]] for t in cache.tensors()]
+    cache_shapes[1][0] = 1  # key_pe is shared by every prompt
+    prompt_shapes = [[-1, -1, 2], [-1, -1]] + cache_shapes
     src = torch.zeros(2, size[0] * size[1], dim)
     hyper = torch.zeros(2, 3, dim // 8)
-    return {"prompt": ((tokens, *cache.tensors()), prompt_shapes),
-            "masks": ((src, hyper), [[-1, *src.shape[1:]], [-1, -1, hyper.shape[2]]])}
+    prompt_decoder, mask_head = PromptDecoder(decoder, encoder), MaskHead(decoder, size)
+    return {
+        "prompt": (prompt_decoder, (points, labels, *cache.tensors()), prompt_shapes),
+        "masks": (mask_head, (src, hyper), [[-1, *src.shape[1:]], [-1, -1, hyper.shape[2]]]),
+        "full": (FullDecoder(prompt_decoder, mask_head), (points, labels, *cache.tensors()),
+                 prompt_shapes),
+    }
 
 
 def _convert(module: torch.nn.Module, example: tuple, shapes: list[list[int]]):
@@ -50,31 +57,32 @@ def _convert(module: torch.nn.Module, example: tuple, shapes: list[list[int]]):
                                 input=[ov.PartialShape(s) for s in shapes])
 
 
-def cached_decoder_graphs(model: Sam, size: tuple[int, int]) -> dict[str, Path]:
+def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
     """The decoder graphs as OpenVINO IR files in the cache folder, converted once.
 
-    Keyed by the decoder's and prompt encoder's weights and the torch and OpenVINO versions;
-    written to a temporary folder and renamed into place.
+    Keyed by the decoder's and prompt encoder's weights, the code of the graphs and the torch
+    and OpenVINO versions; written to a temporary folder and renamed into place.
     """
     import openvino as ov
 
     from .backends import weights_digest
     from .weights import cache_dir
 
-    key = (weights_digest(model.mask_decoder) + weights_digest(model.prompt_encoder))[:40]
-    folder = cache_dir() / "openvino" / (f"decoder-{key[:20]}-{key[20:28]}-torch{torch.__version__}"
+    # The graphs depend on the weights and on the code that defines them.
+    code = hashlib.sha256(Path(fast_decoder.__file__).read_bytes() + Path(__file__).read_bytes())
+    key = hashlib.sha256((weights_digest(model.mask_decoder) + weights_digest(model.prompt_encoder)
+                          + code.hexdigest()).encode()).hexdigest()[:24]
+    folder = cache_dir() / "openvino" / (f"decoder-{key}-torch{torch.__version__}"
                                          f"-ov{ov.__version__.split('-')[0]}")
-    paths = {name: folder / f"{name}.xml" for name in ("prompt", "masks")}
+    paths = {name: folder / f"{name}.xml" for name in ("prompt", "masks", "full")}
     if all(p.is_file() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder))
     try:
         log.warning("converting the mask decoder for OpenVINO once (cached in %s)", folder)
-        modules = {"prompt": PromptDecoder(model.mask_decoder),
-                   "masks": MaskHead(model.mask_decoder, size)}
-        for name, (example, shapes) in _examples(model, size).items():
-            ov.save_model(_convert(modules[name], example, shapes), tmp / f"{name}.xml")
+        for name, (module, example, shapes) in _graphs(model).items():
+            ov.save_model(_convert(module, example, shapes), tmp / f"{name}.xml")
             os.replace(tmp / f"{name}.bin", folder / f"{name}.bin")
             os.replace(tmp / f"{name}.xml", paths[name])
     finally:
@@ -85,29 +93,37 @@ def cached_decoder_graphs(model: Sam, size: tuple[int, int]) -> dict[str, Path]:
 class OpenVINODecoderRunner:
     """`DecoderRunner` on OpenVINO, fp32 (results agree with torch to float rounding)."""
 
-    def __init__(self, model: Sam, size: tuple[int, int], threads: int) -> None:
+    def __init__(self, model: Sam, threads: int) -> None:
         import openvino as ov
 
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
                   "PERFORMANCE_HINT": "LATENCY"}
         core = ov.Core()
-        paths = cached_decoder_graphs(model, size)
-        self._prompt = core.compile_model(str(paths["prompt"]), "CPU", config).create_infer_request()
-        self._masks = core.compile_model(str(paths["masks"]), "CPU", config).create_infer_request()
-        self._cache: DecoderImageCache | None = None
+        self._requests = {name: core.compile_model(str(path), "CPU", config).create_infer_request()
+                          for name, path in cached_decoder_graphs(model).items()}
+        self._caches: dict[str, DecoderImageCache | None] = {"prompt": None, "full": None}
 
-    def prompt(self, tokens: torch.Tensor, cache: DecoderImageCache
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run(self, name: str, points: torch.Tensor, labels: torch.Tensor,
+             cache: DecoderImageCache) -> list[torch.Tensor]:
         import openvino as ov
 
-        if cache is not self._cache:  # hand the per-image tensors over once, without a copy
-            for i, t in enumerate(cache.tensors(), start=1):
+        request = self._requests[name]
+        if cache is not self._caches[name]:  # hand the per-image tensors over once, no copy
+            for i, t in enumerate(cache.tensors(), start=2):
                 array = t.detach().float().contiguous().numpy()
-                self._prompt.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
-            self._cache = cache
-        out = self._prompt.infer({0: tokens.float().contiguous().numpy()})
-        return tuple(torch.from_numpy(np.array(out[i])) for i in range(3))
+                request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
+            self._caches[name] = cache
+        out = request.infer({0: points.float().contiguous().numpy(),
+                             1: labels.to(torch.int64).contiguous().numpy()})
+        return [torch.from_numpy(np.array(out[i])) for i in range(len(out))]
+
+    def prompt(self, points, labels, cache):
+        return tuple(self._run("prompt", points, labels, cache))
+
+    def full(self, points, labels, cache):
+        return tuple(self._run("full", points, labels, cache))
 
     def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        out = self._masks.infer([src.float().contiguous().numpy(), hyper.float().contiguous().numpy()])
+        out = self._requests["masks"].infer([src.float().contiguous().numpy(),
+                                             hyper.float().contiguous().numpy()])
         return torch.from_numpy(np.array(out[0]))

@@ -13,14 +13,13 @@ import torch
 
 from .backends import default_backend, make_decoder, make_encoder, weights_fingerprint
 from .modeling import Sam
-from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, decode_masks
+from .modeling.fast_decoder import (DecoderImageCache, DecoderRunner, TorchDecoderRunner,
+                                    decode_masks, prompt_points)
 from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
 from .transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
-
-    cpu_decoder_batch = 2  # prompts decoded together by predict_point_batch on a CPU
 
     def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
         """backend: where the image encoder runs, "auto" | "torch" | "onnxruntime" |
@@ -30,6 +29,9 @@ class SamPredictor:
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)
         self.precision = precision
+        # Prompts decoded together by predict_point_batch on a CPU: eager torch is fastest
+        # with few (the 4096-token activations stay in cache), the compiled graph with more.
+        self.cpu_decoder_batch = 16 if self.backend == "openvino" else 2
         self._encoder = None
         self._encoder_fingerprint: tuple | None = None
         self._decoder_runner: DecoderRunner | None = None
@@ -180,27 +182,27 @@ class SamPredictor:
     def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
                 min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
+        model = self.model
         dtype = self.features.dtype
         points = None
         if point_coords is not None:
             points = (point_coords.to(self.device), point_labels.to(self.device))
-        if boxes is not None:
-            boxes = boxes.to(self.device)
-        if mask_input is not None:
-            mask_input = mask_input.to(self.device, dtype)
-        sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
-        if sparse.shape[0] != batch:
-            sparse = sparse.expand(batch, -1, -1)
-        model = self.model
+        coords, labels = prompt_points(points, None if boxes is None else boxes.to(self.device))
+        coords, labels = coords.to(self.device), labels.to(self.device)
+        if coords.shape[0] != batch:
+            coords, labels = coords.expand(batch, -1, -1), labels.expand(batch, -1)
+        runner = self._decoder()
         if mask_input is not None:  # a dense embedding per prompt: nothing to reuse
+            dense = model.prompt_encoder.mask_downscaling(mask_input.to(self.device, dtype))
             cache = DecoderImageCache.build(self.features, model.prompt_encoder, model.mask_decoder, dense)
         else:
             if self._decoder_cache is None:
                 self._decoder_cache = DecoderImageCache.build(self.features, model.prompt_encoder,
                                                               model.mask_decoder)
             cache = self._decoder_cache
-        low_res, iou = decode_masks(self._decoder(), model.mask_decoder, cache, sparse.to(dtype),
-                                    multimask_output, min_iou)
+        if coords.shape[1] == 0:  # no point and no box: the compiled graphs need >= 1 point
+            runner = TorchDecoderRunner(model.mask_decoder, model.prompt_encoder)
+        low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou)
         return low_res.float(), iou.float()
 
     def _decoder(self) -> DecoderRunner:

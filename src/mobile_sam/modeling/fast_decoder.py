@@ -175,20 +175,27 @@ def image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tenso
 
 # ------------------------------------------------------------------ modules
 class PromptDecoder(nn.Module):
-    """Transformer, IoU head and hypernetworks for a batch of prompts on one image.
+    """Prompt embedding, transformer, IoU head and hypernetworks for a batch of prompts.
 
-    forward(tokens B,n,C, *DecoderImageCache.tensors()) -> image tokens B,L,C (for
-    `MaskHead`), IoU predictions B,4 and hypernetwork weights B,4,C/8 (all mask tokens).
+    forward(points B,N,2, labels B,N, *DecoderImageCache.tensors()) -> image tokens B,L,C
+    (for `MaskHead`), IoU predictions B,4 and hypernetwork weights B,4,C/8 (all mask tokens).
+    Points are in the padded input frame with SAM's ONNX labels (-1 padding, 0/1 negative/
+    positive, 2/3 box corners), see `prompt_points`.
     """
 
-    def __init__(self, decoder: MaskDecoder) -> None:
+    def __init__(self, decoder: MaskDecoder, prompt_encoder: PromptEncoder) -> None:
         super().__init__()
         self.decoder = decoder
+        self.prompt_encoder = prompt_encoder
 
-    def forward(self, tokens: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor,
-                first_q: torch.Tensor, first_k: torch.Tensor,
+    def forward(self, points: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor,
+                key_pe: torch.Tensor, first_q: torch.Tensor, first_k: torch.Tensor,
                 first_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        transformer = self.decoder.transformer
+        sparse = self.prompt_encoder._embed_points(points, labels, pad=False).to(keys.dtype)
+        decoder, transformer = self.decoder, self.decoder.transformer
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1),
+                            sparse], dim=1)
         query_pe = queries = tokens
         keys_with_pe = None
         for i, layer in enumerate(transformer.layers):
@@ -217,9 +224,9 @@ class PromptDecoder(nn.Module):
         attn = token_to_image(transformer.final_attn_token_to_image, queries + query_pe,
                               keys_with_pe, keys)
         hs = transformer.norm_final_attn(queries + attn)
-        iou = self.decoder.iou_prediction_head(hs[:, 0])
+        iou = decoder.iou_prediction_head(hs[:, 0])
         hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in
-                             enumerate(self.decoder.output_hypernetworks_mlps)], dim=1)
+                             enumerate(decoder.output_hypernetworks_mlps)], dim=1)
         return keys, iou, hyper
 
 
@@ -253,52 +260,98 @@ class MaskHead(nn.Module):
         return masks.reshape(b, m, 4 * h, 4 * w)
 
 
-class DecoderRunner(Protocol):
-    """Runs `PromptDecoder` and `MaskHead`: the torch modules or a compiled copy of them."""
+class FullDecoder(nn.Module):
+    """`PromptDecoder` then `MaskHead` on all mask tokens: points, labels, *cache ->
+    low-res logits B,4,4h,4w and IoU B,4 (one call when no prompt is skipped)."""
 
-    def prompt(self, tokens: torch.Tensor, cache: DecoderImageCache
+    def __init__(self, prompt_decoder: PromptDecoder, mask_head: MaskHead) -> None:
+        super().__init__()
+        self.prompt_decoder = prompt_decoder
+        self.mask_head = mask_head
+
+    def forward(self, points: torch.Tensor, labels: torch.Tensor, *cache: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        src, iou, hyper = self.prompt_decoder(points, labels, *cache)
+        return self.mask_head(src, hyper), iou
+
+
+def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
+                  boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SamPredictor prompts -> one point list per prompt in SAM's ONNX convention.
+
+    points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Points come
+    first, then a padding point (label -1) when there is no box, or the box corners (labels 2
+    and 3): the tokens `PromptEncoder` makes, in its order.
+    """
+    parts, part_labels = [], []
+    if points is not None:
+        coords, labels = points
+        b = coords.shape[0]
+        parts.append(coords.float())
+        part_labels.append(labels.to(torch.int64))
+        if boxes is None:
+            parts.append(coords.new_zeros(b, 1, 2, dtype=torch.float))
+            part_labels.append(torch.full((b, 1), -1, dtype=torch.int64, device=coords.device))
+    if boxes is not None:
+        b = boxes.shape[0]
+        parts.append(boxes.float().reshape(b, 2, 2))
+        part_labels.append(torch.tensor([[2, 3]], device=boxes.device).expand(b, 2))
+    if not parts:
+        return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int64)
+    return torch.cat(parts, dim=1), torch.cat(part_labels, dim=1)
+
+
+class DecoderRunner(Protocol):
+    """Runs `PromptDecoder`, `MaskHead` and `FullDecoder`: the torch modules or a compiled
+    copy of them. Inputs and outputs are torch tensors."""
+
+    def prompt(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor: ...
+
+    def full(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
+             ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TorchDecoderRunner:
     """The decoder modules in eager torch."""
 
-    def __init__(self, decoder: MaskDecoder, size: tuple[int, int]) -> None:
-        self.prompt_decoder = PromptDecoder(decoder)
-        self.mask_head = MaskHead(decoder, size)
+    def __init__(self, decoder: MaskDecoder, prompt_encoder: PromptEncoder) -> None:
+        self.full_decoder = FullDecoder(PromptDecoder(decoder, prompt_encoder),
+                                        MaskHead(decoder, prompt_encoder.image_embedding_size))
 
-    def prompt(self, tokens, cache):
-        return self.prompt_decoder(tokens, *cache.tensors())
+    def prompt(self, points, labels, cache):
+        return self.full_decoder.prompt_decoder(points, labels, *cache.tensors())
 
     def masks(self, src, hyper):
-        return self.mask_head(src, hyper)
+        return self.full_decoder.mask_head(src, hyper)
+
+    def full(self, points, labels, cache):
+        return self.full_decoder(points, labels, *cache.tensors())
 
 
-def decode_masks(runner: DecoderRunner, decoder: MaskDecoder, cache: DecoderImageCache,
-                 sparse: torch.Tensor, multimask_output: bool,
+def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.Tensor,
+                 labels: torch.Tensor, multimask_output: bool,
                  min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
 
-    sparse: B, n, C prompt embeddings (the cache holds the dense ones).
+    points, labels: from `prompt_points` (the cache holds the dense embedding).
     min_iou: skip the upscaling (a third of the per-prompt work) of prompts none of whose
     masks has a predicted IoU above it; their logits are returned as zeros. The automatic
     mask generator drops those masks anyway, so this is exact there.
     """
-    b = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    src, iou, hyper = runner.prompt(tokens, cache)
     selected = slice(1, None) if multimask_output else slice(0, 1)
-    iou, hyper = iou[:, selected], hyper[:, selected]
     if min_iou is None:
-        return runner.masks(src, hyper.contiguous()), iou
+        masks, iou = runner.full(points, labels, cache)
+        return masks[:, selected], iou[:, selected]
+    src, iou, hyper = runner.prompt(points, labels, cache)
+    iou, hyper = iou[:, selected], hyper[:, selected].contiguous()
     needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
-    if len(needed) == b:
-        return runner.masks(src, hyper.contiguous()), iou
+    if len(needed) == len(iou):
+        return runner.masks(src, hyper), iou
     h, w = cache.size
-    masks = src.new_zeros(b, hyper.shape[1], 4 * h, 4 * w)
+    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * h, 4 * w)
     if len(needed):
-        masks[needed] = runner.masks(src[needed], hyper[needed].contiguous()).to(masks.dtype)
+        masks[needed] = runner.masks(src[needed], hyper[needed]).to(masks.dtype)
     return masks, iou
