@@ -96,18 +96,24 @@ class OpenVINODecoderRunner:
     def __init__(self, model: Sam, threads: int) -> None:
         import openvino as ov
 
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                  "PERFORMANCE_HINT": "LATENCY"}
-        core = ov.Core()
-        self._requests = {name: core.compile_model(str(path), "CPU", config).create_infer_request()
-                          for name, path in cached_decoder_graphs(model).items()}
+        self._config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                        "PERFORMANCE_HINT": "LATENCY"}
+        self._core = ov.Core()
+        self._paths = cached_decoder_graphs(model)
+        self._requests: dict[str, object] = {}  # compiled on first use: memory for what runs
         self._caches: dict[str, DecoderImageCache | None] = {"prompt": None, "full": None}
+
+    def _request(self, name: str):
+        if name not in self._requests:
+            compiled = self._core.compile_model(str(self._paths[name]), "CPU", self._config)
+            self._requests[name] = compiled.create_infer_request()
+        return self._requests[name]
 
     def _run(self, name: str, points: torch.Tensor, labels: torch.Tensor,
              cache: DecoderImageCache) -> list[torch.Tensor]:
         import openvino as ov
 
-        request = self._requests[name]
+        request = self._request(name)
         if cache is not self._caches[name]:  # hand the per-image tensors over once, no copy
             for i, t in enumerate(cache.tensors(), start=2):
                 array = t.detach().float().contiguous().numpy()
@@ -124,6 +130,6 @@ class OpenVINODecoderRunner:
         return tuple(self._run("full", points, labels, cache))
 
     def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        out = self._requests["masks"].infer([src.float().contiguous().numpy(),
+        out = self._request("masks").infer([src.float().contiguous().numpy(),
                                              hyper.float().contiguous().numpy()])
         return torch.from_numpy(np.array(out[0]))
