@@ -1,6 +1,6 @@
 """The fast paths against the plain eager path, side by side in one run.
 
-    python benchmarks/bench_speed.py [--threads 2] [--repeats 5] [--crops] [--quick]
+    python benchmarks/bench_speed.py [--threads 2] [--repeats 5] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
 (torch eager encoder; the mask decoder module on one copy of the embedding per prompt; every
@@ -157,8 +157,10 @@ def everything_job(kind: str, threads: int, crops: int, thresholds: dict | None 
     predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model)
     generator = SamAutomaticMaskGenerator(predictor, crop_n_layers=crops, mode=mode,
                                           **(thresholds or {}))
-    if kind != "eager":
-        predictor.set_image(photo[:64, :64])  # backend export / compile outside the timing
+    if kind != "eager":  # backend export / compile / conversion outside the timing
+        predictor.set_image(photo[:64, :64])
+        predictor.predict_point_batch(np.array([[10.0, 10.0]] * 2), min_iou=0.0)
+        predictor.predict(np.array([[10.0, 10.0]]), np.array([1]))
     start = time.perf_counter()
     records = generator.generate(photo)
     seconds = time.perf_counter() - start
@@ -200,13 +202,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--crops", action="store_true", help="also everything with crop_n_layers=1")
     parser.add_argument("--quick", action="store_true", help="skip segment-everything")
+    parser.add_argument("--only-crops", action="store_true",
+                        help="only everything with crop_n_layers=1 (it takes the longest)")
     parser.add_argument("--encoders", default="auto:fp32,onnxruntime:fp32,openvino:fp32,"
                         "onnxruntime:int8,openvino:bf16")
     args = parser.parse_args()
-    import numpy as np
-
-    from mobile_sam.backends import installed
-
     shape = _photo().shape[:2]
     rows = []
 
@@ -215,28 +215,13 @@ def main() -> None:
         rows.append([what, path, f"{r['seconds'] * 1000:.0f} ms", f"x{ratio:.2f}",
                      f"{r['peak_rss_mb']:.0f} MB", agreement])
 
-    base = run_isolated(encoder_job, "eager", args.threads, args.repeats)
-    add("set_image 640x480", "eager (original ops)", base, base, "-")
     shape3 = (3, *shape)
-    ref_masks = _unpack(base["masks"], shape3)
-    for kind in args.encoders.split(","):
-        if kind.split(":")[0] != "auto" and not installed(kind.split(":")[0]):
-            continue
-        r = run_isolated(encoder_job, kind, args.threads, args.repeats)
-        ious = [_mask_iou(a, b) for a, b in zip(ref_masks, _unpack(r["masks"], shape3))]
-        add("set_image 640x480", kind, r, base, f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}")
-
-    base = run_isolated(decoder_job, "eager", args.threads, args.repeats)
-    add("predict 1 point, multimask", "eager (original ops)", base, base, "-")
-    for kind in ("auto", "torch"):
-        r = run_isolated(decoder_job, kind, args.threads, args.repeats)
-        ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
-        add("predict 1 point, multimask", f"SamPredictor, backend {kind}", r, base,
-            f"mask IoU min {min(ious):.4f}")
-
+    if not args.only_crops:
+        simple_paths(args, add, shape3)
     if not args.quick:
-        settings = [(0, None, "defaults"), (0, FIXTURE_THRESHOLDS, "fixture thresholds")]
-        if args.crops:
+        settings = [] if args.only_crops else [(0, None, "defaults"),
+                                               (0, FIXTURE_THRESHOLDS, "fixture thresholds")]
+        if args.crops or args.only_crops:
             settings.append((1, None, "defaults"))
         for crops, thresholds, label in settings:
             what = f"everything 32x32, crop_n_layers={crops}, {label}"
@@ -254,6 +239,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     print(table(rows, ["what", "path", "median", "speed-up", "peak RSS", "agreement"]))
+
+
+def simple_paths(args, add, shape3) -> None:
+    """set_image and predict: eager against each fast path."""
+    import numpy as np
+
+    from mobile_sam.backends import installed
+
+    base = run_isolated(encoder_job, "eager", args.threads, args.repeats)
+    add("set_image 640x480", "eager (original ops)", base, base, "-")
+    ref_masks = _unpack(base["masks"], shape3)
+    for kind in args.encoders.split(","):
+        if kind.split(":")[0] != "auto" and not installed(kind.split(":")[0]):
+            continue
+        r = run_isolated(encoder_job, kind, args.threads, args.repeats)
+        ious = [_mask_iou(a, b) for a, b in zip(ref_masks, _unpack(r["masks"], shape3))]
+        add("set_image 640x480", kind, r, base, f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}")
+
+    base = run_isolated(decoder_job, "eager", args.threads, args.repeats)
+    add("predict 1 point, multimask", "eager (original ops)", base, base, "-")
+    for kind in ("auto", "torch"):
+        r = run_isolated(decoder_job, kind, args.threads, args.repeats)
+        ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
+        add("predict 1 point, multimask", f"SamPredictor, backend {kind}", r, base,
+            f"mask IoU min {min(ious):.4f}")
 
 
 if __name__ == "__main__":

@@ -376,3 +376,11 @@ def test_result_is_a_plain_dataclass(image) -> None:
     result = Result(orig_img=image[:4, :5], masks=masks, scores=np.array([0.5], np.float32))
     assert result.boxes.tolist() == [[2.0, 1.0, 3.0, 2.0]]
     assert result.to_coco()[0]["bbox"] == [2, 1, 1, 1]
+
+
+def test_backend_and_precision_reach_the_predictor(tiny_sam):
+    assert SAM(tiny_sam, backend="torch").predictor.backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SAM(tiny_sam, backend="tensorrt")
+    with pytest.raises(RuntimeError, match="precision 'bf16' is not available on backend 'torch'"):
+        SAM(tiny_sam, backend="torch", precision="bf16")

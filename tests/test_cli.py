@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import http.server
 import json
 import os
@@ -576,3 +577,23 @@ def test_python_m_and_console_script(tmp_path) -> None:
     assert missing.returncode == 1
     assert missing.stderr == (
         f"mobile-sam segment: error: image file not found: {tmp_path / 'no.png'}\n")
+
+
+def test_backend_switch_reaches_the_predictor(capsys, tiny_checkpoint, predictor, tmp_path) -> None:
+    """--backend/--precision choose where the model runs; the masks agree with torch."""
+    backend = "openvino" if importlib.util.find_spec("openvino") else "torch"
+    code, _, err = run_cli(capsys, "segment", BUS, "--point", "240,400", "--model",
+                           tiny_checkpoint, "--out", tmp_path, "--backend", backend)
+    assert code == 0, err
+    assert all("once (cached in" in line for line in err.splitlines())  # one-time conversion notes
+    expected, _, _ = predictor.predict(np.array([[240, 400]]), np.array([1]), multimask_output=False)
+    got = read_mask(tmp_path / "bus_480x640_mask_0.png")
+    assert (got & expected[0]).sum() / max((got | expected[0]).sum(), 1) >= 0.99
+    code, stdout, err = run_cli(capsys, "segment", BUS, "--point", "240,400", "--model",
+                                tiny_checkpoint, "--out", tmp_path / "b", "--backend", "torch",
+                                "--precision", "int8")
+    lines = error_lines(err)
+    assert code == 1 and len(lines) == 1 and stdout == ""
+    assert "precision 'int8' is not available on backend 'torch'" in lines[0]
+    code, _, err = run_cli(capsys, "everything", BUS, "--backend", "tensorrt")
+    assert code == 2 and "invalid choice: 'tensorrt'" in err

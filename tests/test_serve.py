@@ -492,6 +492,8 @@ def test_create_app_checks_its_limits(tiny_sam):
         create_app(tiny_sam, cache_items=0)
     with pytest.raises(TypeError, match="Sam model"):
         create_app("vit_t")
+    with pytest.raises(RuntimeError, match="precision 'int8' is not available on backend 'torch'"):
+        create_app(tiny_sam, backend="torch", precision="int8")
 
 
 def test_apps_do_not_share_state(tiny_sam, image_a):

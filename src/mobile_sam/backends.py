@@ -24,6 +24,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -107,6 +109,24 @@ def make_encoder(model: Sam, backend: str, precision: str = "fp32",
     if backend == "onnxruntime":
         return _onnxruntime_encoder(path, threads)
     return _openvino_encoder(path, threads, precision)
+
+
+_DECODERS: "weakref.WeakKeyDictionary[Sam, dict[str, tuple[tuple, DecoderRunner]]]" = \
+    weakref.WeakKeyDictionary()
+_DECODERS_LOCK = threading.Lock()
+
+
+def shared_decoder(model: Sam, backend: str) -> DecoderRunner:
+    """The decoder runner of `model` on `backend`, shared by every predictor of the model (a
+    compiled graph is made once, not per predictor) and rebuilt when the decoder's weights
+    change."""
+    fingerprint = (weights_fingerprint(model.mask_decoder), weights_fingerprint(model.prompt_encoder))
+    with _DECODERS_LOCK:
+        runners = _DECODERS.setdefault(model, {})
+        known = runners.get(backend)
+        if known is None or known[0] != fingerprint:
+            known = runners[backend] = (fingerprint, make_decoder(model, backend))
+        return known[1]
 
 
 def make_decoder(model: Sam, backend: str) -> DecoderRunner:

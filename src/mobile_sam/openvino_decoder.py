@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class OpenVINODecoderRunner:
         self._paths = cached_decoder_graphs(model)
         self._requests: dict[str, object] = {}  # compiled on first use: memory for what runs
         self._caches: dict[str, DecoderImageCache | None] = {"prompt": None, "full": None}
+        self._lock = threading.Lock()  # one runner serves every predictor of the model
 
     def _request(self, name: str):
         if name not in self._requests:
@@ -113,15 +115,16 @@ class OpenVINODecoderRunner:
              cache: DecoderImageCache) -> list[torch.Tensor]:
         import openvino as ov
 
-        request = self._request(name)
-        if cache is not self._caches[name]:  # hand the per-image tensors over once, no copy
-            for i, t in enumerate(cache.tensors(), start=2):
-                array = t.detach().float().contiguous().numpy()
-                request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
-            self._caches[name] = cache
-        out = request.infer({0: points.float().contiguous().numpy(),
-                             1: labels.to(torch.int64).contiguous().numpy()})
-        return [torch.from_numpy(np.array(out[i])) for i in range(len(out))]
+        with self._lock:
+            request = self._request(name)
+            if cache is not self._caches[name]:  # hand the per-image tensors over once, no copy
+                for i, t in enumerate(cache.tensors(), start=2):
+                    array = t.detach().float().contiguous().numpy()
+                    request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
+                self._caches[name] = cache
+            out = request.infer({0: points.float().contiguous().numpy(),
+                                 1: labels.to(torch.int64).contiguous().numpy()})
+            return [torch.from_numpy(np.array(out[i])) for i in range(len(out))]
 
     def prompt(self, points, labels, cache):
         return tuple(self._run("prompt", points, labels, cache))
@@ -130,6 +133,7 @@ class OpenVINODecoderRunner:
         return tuple(self._run("full", points, labels, cache))
 
     def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        out = self._request("masks").infer([src.float().contiguous().numpy(),
-                                             hyper.float().contiguous().numpy()])
-        return torch.from_numpy(np.array(out[0]))
+        with self._lock:
+            out = self._request("masks").infer([src.float().contiguous().numpy(),
+                                                 hyper.float().contiguous().numpy()])
+            return torch.from_numpy(np.array(out[0]))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import default_backend, make_decoder, make_encoder, weights_fingerprint
+from .backends import default_backend, make_encoder, shared_decoder, weights_fingerprint
 from .modeling import Sam
 from .modeling.fast_decoder import (DecoderImageCache, DecoderRunner, TorchDecoderRunner,
                                     decode_masks, prompt_points)
@@ -31,11 +31,9 @@ class SamPredictor:
         self.precision = precision
         # Prompts decoded together by predict_point_batch on a CPU: eager torch is fastest
         # with few (the 4096-token activations stay in cache), the compiled graph with more.
-        self.cpu_decoder_batch = 16 if self.backend == "openvino" else 2
+        self.cpu_decoder_batch = 8 if self.backend == "openvino" else 2
         self._encoder = None
         self._encoder_fingerprint: tuple | None = None
-        self._decoder_runner: DecoderRunner | None = None
-        self._decoder_fingerprint: tuple | None = None
         self.reset_image()
 
     # ----------------------------------------------------------------- image
@@ -206,13 +204,9 @@ class SamPredictor:
         return low_res.float(), iou.float()
 
     def _decoder(self) -> DecoderRunner:
-        """The decoder runner for the backend, rebuilt when the decoder's weights change."""
-        fingerprint = (weights_fingerprint(self.model.mask_decoder),
-                       weights_fingerprint(self.model.prompt_encoder))
-        if self._decoder_runner is None or fingerprint != self._decoder_fingerprint:
-            self._decoder_runner = make_decoder(self.model, self.backend)
-            self._decoder_fingerprint = fingerprint
-        return self._decoder_runner
+        """The decoder runner for the backend (shared by the model's predictors, rebuilt when
+        the decoder's weights change)."""
+        return shared_decoder(self.model, self.backend)
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
         sizes = {}

@@ -37,6 +37,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the model runs (see mobile_sam.backends), for subcommands that predict."""
+    from ..backends import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto (default): OpenVINO if installed, else onnxruntime, else torch")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="encoder precision: fp32 (default), bf16 (openvino), int8 (onnxruntime)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobile-sam", description="MobileSAM: segment anything, fast.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UserError, add_common_arguments, load_model_from_args
+from . import UserError, add_backend_arguments, add_common_arguments, load_model_from_args
 
 if TYPE_CHECKING:
     from ..api import Result
@@ -193,6 +193,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
                            metavar="N", help=f"{text} (default: {default:g})")
     add_common_arguments(parser)
+    add_backend_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -230,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         if sam is None:
             from ..api import SAM
 
-            sam = SAM(load_model(args))  # model errors end the run
+            sam = SAM(load_model(args), backend=args.backend,  # model errors end the run
+                      precision=args.precision)
         try:
             result = sam.predict(image, **generator_kwargs)[0]
             result.path = str(image_path)

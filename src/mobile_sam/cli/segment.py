@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import add_common_arguments
+from . import add_backend_arguments, add_common_arguments
 from .everything import display_name, load_model, output_bases, prepare_out_dir, report
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="write SAM's 3 candidate masks per object (best marked in the JSON)")
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
     add_common_arguments(parser)
+    add_backend_arguments(parser)
     parser.set_defaults(func=run, segment_parser=parser)
 
 
@@ -130,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         if sam is None:
-            sam = SAM(load_model(args))  # model errors end the run
+            sam = SAM(load_model(args), backend=args.backend,  # model errors end the run
+                      precision=args.precision)
         try:
             result = sam.predict(image, multimask_output=args.multimask, **prompt_args)[0]
             result.path = str(image_path)

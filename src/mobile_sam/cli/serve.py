@@ -5,7 +5,7 @@ import argparse
 import ipaddress
 import sys
 
-from . import UserError, add_common_arguments, load_model_from_args
+from . import UserError, add_backend_arguments, add_common_arguments, load_model_from_args
 
 DEFAULT_PORT = 8000
 
@@ -23,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the segmentation page at / and the REST API under /v1 "
                     "(reference at /docs). Binds 127.0.0.1 unless --host says otherwise.")
     add_common_arguments(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; "
                              "0.0.0.0 exposes the server to the network)")
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     app = create_app(
         model,
+        backend=args.backend,
+        precision=args.precision,
         max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
         max_pixels=args.max_pixels,
         cache_items=args.cache_items,

@@ -184,6 +184,8 @@ def _value_error_field(message: str, fields: tuple[str, ...]) -> str | None:
 def create_app(
     model: Sam,
     *,
+    backend: str = "auto",
+    precision: str = "fp32",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     cache_items: int = DEFAULT_CACHE_ITEMS,
@@ -194,11 +196,12 @@ def create_app(
     max_upload_bytes: largest accepted image file; larger uploads are refused while reading.
     max_pixels: largest accepted W * H, checked from the image header before decoding.
     cache_items, cache_bytes: bounds of the LRU cache of embeddings (plus uploaded bytes).
+    backend, precision: where the model runs, as for `SamPredictor`.
     """
     for name, value in [("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    engine = Engine(model)
+    engine = Engine(model, backend, precision)
     cache = EmbeddingCache(cache_items, cache_bytes)
 
     app = FastAPI(

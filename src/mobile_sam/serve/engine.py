@@ -29,7 +29,7 @@ class _EntryPredictor(SamPredictor):
 
     def __init__(self, engine: Engine, entry: CachedImage,
                  full_image: np.ndarray | None = None) -> None:
-        super().__init__(engine.model)
+        super().__init__(engine.model, engine.backend, engine.precision)
         self._engine = engine
         self._entry = entry
         self._full_image = full_image
@@ -70,12 +70,13 @@ class Engine:
     """The model, the lock that serialises its use, and the one predictor that runs the image
     encoder (so an encoder backend, e.g. an onnxruntime session, is set up once per app)."""
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
         if not isinstance(model, Sam):
             raise TypeError(f"model must be a mobile_sam Sam model, got {type(model).__name__}")
         self.model = model.eval()
         self.lock = threading.RLock()
-        self._encoder = SamPredictor(self.model)
+        self._encoder = SamPredictor(self.model, backend, precision)  # checks both
+        self.backend, self.precision = self._encoder.backend, precision
 
     def encode(self, image: np.ndarray, image_format: str = "RGB") -> CachedImage:
         """Embed an H, W, 3 uint8 image: an entry without id or data (see :meth:`embed`)."""
