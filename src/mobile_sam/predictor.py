@@ -98,6 +98,7 @@ class SamPredictor:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self._decoder_cache: DecoderImageCache | None = None  # prompt-independent decoder work
+        self._runner: DecoderRunner | None = None
         self.original_size: tuple[int, ...] | None = None
         self.input_size: tuple[int, ...] | None = None
 
@@ -204,9 +205,12 @@ class SamPredictor:
         return low_res.float(), iou.float()
 
     def _decoder(self) -> DecoderRunner:
-        """The decoder runner for the backend (shared by the model's predictors, rebuilt when
-        the decoder's weights change)."""
-        return shared_decoder(self.model, self.backend)
+        """The decoder runner for the backend, shared by the model's predictors. Looked up
+        once per image (like the per-image decoder cache): weights changed after `set_image`
+        take effect at the next image."""
+        if self._runner is None:
+            self._runner = shared_decoder(self.model, self.backend)
+        return self._runner
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
         sizes = {}
