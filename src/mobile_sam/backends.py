@@ -1,15 +1,16 @@
-"""Where the image encoder runs: torch eager, onnxruntime or OpenVINO, in fp32 or lower precision.
+"""Where the model runs: torch eager, onnxruntime or OpenVINO, in fp32 or lower precision.
 
-The encoder is the slow part of interactive use. On CPUs the same graph runs several times
-faster in onnxruntime or OpenVINO than in eager torch, so `backend="auto"` (the default)
-exports the model's encoder to ONNX once, caches the file next to the weights, and runs it
-there. Pre- and post-processing stay the shared numpy code; only the encoder call changes.
+On CPUs the same graphs run several times faster in onnxruntime or OpenVINO than in eager
+torch, so `backend="auto"` (the default) exports the model's encoder to ONNX once, caches the
+file next to the weights, and runs it there; on OpenVINO the decoder's prompt-dependent work
+runs there too (`mobile_sam.openvino_decoder`). Pre- and post-processing stay the shared
+numpy code; only the model calls change.
 
-| backend | precision | needs |
-|---|---|---|
-| torch | fp32 (or the model's dtype) | nothing more |
-| openvino | fp32, bf16 | a dependency of mobile_sam (`mobile_sam[openvino]` names it too) |
-| onnxruntime | fp32, int8 (dynamic quantization of the MatMuls) | `pip install mobile_sam[onnx]` |
+| backend | encoder precision | decoder | needs |
+|---|---|---|---|
+| torch | fp32 (or the model's dtype) | torch | nothing more |
+| openvino | fp32, bf16 | OpenVINO, fp32 | a dependency of mobile_sam (`mobile_sam[openvino]` names it too) |
+| onnxruntime | fp32, int8 (dynamic quantization of the MatMuls) | torch | `pip install mobile_sam[onnx]` |
 
 `auto` picks, for a model on the CPU: OpenVINO if installed, else onnxruntime, else torch
 (fp32 fidelity in all three); for a model on a GPU, or cast to another dtype: torch. The environment variable

@@ -22,9 +22,10 @@ class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
 
     def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
-        """backend: where the image encoder runs, "auto" | "torch" | "onnxruntime" |
-        "openvino"; precision: "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
-        `mobile_sam.backends`; the decoder always runs in torch."""
+        """backend: where the model runs, "auto" | "torch" | "onnxruntime" | "openvino"
+        (the encoder on the backend; the decoder in OpenVINO for "openvino", else in torch);
+        precision: the encoder's, "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
+        `mobile_sam.backends`."""
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)
