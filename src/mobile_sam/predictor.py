@@ -13,8 +13,8 @@ import torch
 
 from .backends import default_backend, make_encoder, shared_decoder, weights_fingerprint
 from .modeling import Sam
-from .modeling.fast_decoder import (DecoderImageCache, DecoderRunner, TorchDecoderRunner,
-                                    decode_masks, prompt_points)
+from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, TorchDecoderRunner, decode_masks
+from .modeling.prompt_encoder import prompt_points
 from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
 from .transforms import ResizeLongestSide, mask_upscaler, prepare_image
 

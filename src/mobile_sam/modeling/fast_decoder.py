@@ -8,7 +8,7 @@ rewrites that matter on a CPU:
   layer's projections of the image tokens (its keys, values and image-side queries).
 - In the later layers, attention between the few prompt tokens (n ≈ 2-7) and the 4096 image
   tokens never projects the image tokens. For token->image attention,
-  scores = (q·W_k)·X^T + q·b_k and output = (A·X)·W_v^T + b_v (softmax rows sum to 1); for
+  scores = (q·W_k)·X^T (q·b_k is constant along the softmax: dropped) and output = (A·X)·W_v^T + b_v (softmax rows sum to 1); for
   image->token attention, scores = X·(W_q^T·k) + b_q·k and output = A·(v·W_out^T) + b_out.
   Each becomes one GEMM of width heads·n instead of projections of width 128-256 over 4096
   tokens: half the work.
@@ -143,11 +143,10 @@ def token_to_image(attn: Attention, tokens_q: torch.Tensor, image_k: torch.Tenso
     d = q.shape[-1]
     q = q / math.sqrt(d)
     w_k = attn.k_proj.weight.view(heads, d, c)
-    b_k = attn.k_proj.bias.view(heads, d)
     q_k = torch.einsum("bnhd,hdc->bhnc", q, w_k).reshape(b, heads * n, c)
-    bias = torch.einsum("bnhd,hd->bhn", q, b_k).reshape(b, heads * n, 1)
+    # The key bias adds q·b_k, the same for every image token of a row: softmax ignores it.
     # L x h·n first (a tall GEMM runs several times faster than a wide one), then transposed.
-    scores = torch.matmul(image_k, q_k.transpose(1, 2)).transpose(1, 2) + bias  # B, h·n, L
+    scores = torch.matmul(image_k, q_k.transpose(1, 2)).transpose(1, 2)  # B, h·n, L
     mixed = torch.matmul(scores.softmax(dim=-1), image_v).view(b, heads, n, c)  # A·X
     w_v = attn.v_proj.weight.view(heads, d, c)
     out = torch.einsum("bhnc,hdc->bnhd", mixed, w_v) + attn.v_proj.bias.view(heads, d)
@@ -192,7 +191,7 @@ class PromptDecoder(nn.Module):
     def forward(self, points: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor,
                 key_pe: torch.Tensor, first_q: torch.Tensor, first_k: torch.Tensor,
                 first_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sparse = self.prompt_encoder._embed_points(points, labels, pad=False).to(keys.dtype)
+        sparse = self.prompt_encoder._embed_points(points, labels).to(keys.dtype)
         decoder, transformer = self.decoder, self.decoder.transformer
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1),
@@ -274,32 +273,6 @@ class FullDecoder(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         src, iou, hyper = self.prompt_decoder(points, labels, *cache)
         return self.mask_head(src, hyper), iou
-
-
-def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
-                  boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SamPredictor prompts -> one point list per prompt in SAM's ONNX convention.
-
-    points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Points come
-    first, then a padding point (label -1) when there is no box, or the box corners (labels 2
-    and 3): the tokens `PromptEncoder` makes, in its order.
-    """
-    parts, part_labels = [], []
-    if points is not None:
-        coords, labels = points
-        b = coords.shape[0]
-        parts.append(coords.float())
-        part_labels.append(labels.to(torch.int64))
-        if boxes is None:
-            parts.append(coords.new_zeros(b, 1, 2, dtype=torch.float))
-            part_labels.append(torch.full((b, 1), -1, dtype=torch.int64, device=coords.device))
-    if boxes is not None:
-        b = boxes.shape[0]
-        parts.append(boxes.float().reshape(b, 2, 2))
-        part_labels.append(torch.tensor([[2, 3]], device=boxes.device).expand(b, 2))
-    if not parts:
-        return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int64)
-    return torch.cat(parts, dim=1), torch.cat(part_labels, dim=1)
 
 
 class DecoderRunner(Protocol):

@@ -9,6 +9,32 @@ from torch import nn
 from .common import LayerNorm2d
 
 
+def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
+                  boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> one point list per prompt in SAM's ONNX convention.
+
+    points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Points come
+    first, then a padding point (label -1) when there is no box, or the box corners (labels 2
+    and 3): the tokens `PromptEncoder` makes, in its order.
+    """
+    parts, part_labels = [], []
+    if points is not None:
+        coords, labels = points
+        b = coords.shape[0]
+        parts.append(coords.float())
+        part_labels.append(labels.to(torch.int64))
+        if boxes is None:
+            parts.append(coords.new_zeros(b, 1, 2, dtype=torch.float))
+            part_labels.append(torch.full((b, 1), -1, dtype=torch.int64, device=coords.device))
+    if boxes is not None:
+        b = boxes.shape[0]
+        parts.append(boxes.float().reshape(b, 2, 2))
+        part_labels.append(torch.tensor([[2, 3]], device=boxes.device).expand(b, 2))
+    if not parts:
+        return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int64)
+    return torch.cat(parts, dim=1), torch.cat(part_labels, dim=1)
+
+
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of normalised XY coordinates: [sin, cos] of 2π·(2x−1)·G."""
 
@@ -66,28 +92,19 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the embedding grid: 1, C, 64, 64."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
-    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        """points B, N, 2 (input frame) with labels B, N -> B, N(+1), C.
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """points B, N, 2 (input frame) with labels B, N -> B, N, C.
 
         Label -1: "not a point" (padding); 0/1: negative/positive point; 2/3: the top-left and
-        bottom-right corners of a box (the convention of SAM's ONNX decoder).
+        bottom-right corners of a box (the convention of SAM's ONNX decoder, see
+        `prompt_points`).
         """
-        points = points + 0.5  # pixel centres
-        if pad:  # a padding point (label -1) when no box follows
-            points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
-            labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)
-        emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        emb = self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size)  # centres
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
         for i, point_embedding in enumerate(self.point_embeddings):
             emb = emb + (labels == i) * point_embedding.weight
         return emb
-
-    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """boxes B, 4 XYXY -> B, 2, C: the two corners as points labelled 2 and 3."""
-        corners = boxes.reshape(-1, 2, 2)
-        labels = torch.tensor([2, 3], device=boxes.device).expand(corners.shape[0], 2)
-        return self._embed_points(corners, labels, pad=False)
 
     @staticmethod
     def _batch_size(points, boxes, masks) -> int:
@@ -109,12 +126,11 @@ class PromptEncoder(nn.Module):
         masks: B, 1, 256, 256 logits. Returns sparse B, N', C and dense B, C, 64, 64."""
         bs = self._batch_size(points, boxes, masks)
         weight = self.no_mask_embed.weight
-        parts = []
-        if points is not None:
-            parts.append(self._embed_points(points[0], points[1], pad=boxes is None))
-        if boxes is not None:
-            parts.append(self._embed_boxes(boxes))
-        sparse = torch.cat(parts, dim=1) if parts else weight.new_empty(bs, 0, self.embed_dim)
+        coords, labels = prompt_points(points, boxes)
+        if coords.shape[1]:
+            sparse = self._embed_points(coords.to(weight.device), labels.to(weight.device))
+        else:
+            sparse = weight.new_empty(bs, 0, self.embed_dim)
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:

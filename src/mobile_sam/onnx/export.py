@@ -115,7 +115,7 @@ class PromptDecoderGraph(nn.Module):
                 point_labels: torch.Tensor, mask_input: torch.Tensor,
                 has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pe = self.prompt_encoder
-        sparse = pe._embed_points(point_coords, point_labels, pad=False)
+        sparse = pe._embed_points(point_coords, point_labels)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
         return self.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
