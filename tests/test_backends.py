@@ -93,6 +93,24 @@ def test_backend_fp32_fidelity_on_the_golden_fixture(backend, fixture_model, ref
                 assert iou >= 0.99, (call["id"], iou)
 
 
+def test_openvino_embeddings_survive_the_next_image(tiny_sam, rng):
+    """The OpenVINO encoder frees its work buffers after each image: an embedding already
+    handed out must be a copy, untouched by the next image's encoding."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    a = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (80, 60, 3), dtype=np.uint8)
+    p = SamPredictor(tiny_sam, backend="openvino")
+    p.set_image(a)
+    first = p.get_image_embedding()
+    kept = first.clone()
+    p.set_image(b)
+    assert not torch.equal(p.get_image_embedding(), kept)
+    assert torch.equal(first, kept)
+    p.set_image(a)
+    torch.testing.assert_close(p.get_image_embedding(), kept, atol=0, rtol=0)
+
+
 @pytest.mark.slow
 def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
     """The opt-in reduced-precision encoder keeps masks close to fp32 (mean IoU >= 0.95)."""
