@@ -1,12 +1,18 @@
 """The fast paths against the plain eager path, side by side in one run.
 
-    python benchmarks/bench_speed.py [--threads 2] [--repeats 5] [--crops | --only-crops] [--quick]
+    python benchmarks/bench_speed.py [--threads 2] [--rounds 3] [--repeats 3] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
 (torch eager encoder; the mask decoder module on one copy of the embedding per prompt; every
 mask upsampled to 1024² and then to the image size; the automatic generator upsampling every
-candidate mask before filtering). Each path runs in its own process so that its peak RSS is
-its own. Agreement: masks of the fast path against the eager path (IoU), and for the automatic
+candidate mask before filtering).
+
+set_image and predict: every path runs in its own process (its peak RSS is its own), and the
+processes are interleaved round after round, so that the drifts of a shared machine (seen
+here: the same call 20 % slower for minutes at a time) hit every path alike; the speed-up is
+the median over rounds of each round's ratio to eager (the range in brackets).
+Segment-everything: each path in its own process (minutes per run), timed once.
+Agreement: masks of the fast path against the eager path (IoU), and for the automatic
 generator the share of eager masks matched one-to-one at IoU >= 0.9.
 Photo: bus 480x640 rotated to 640x480; weights: the golden fixture's (random; speed does not
 depend on the values).
@@ -18,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, median_seconds, run_isolated, table  # noqa: E402
+from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, run_isolated, table  # noqa: E402
 
 POINTS = [[320.0, 240.0], [100.0, 400.0], [500.0, 120.0], [250.0, 60.0], [600.0, 450.0]]
 
@@ -107,36 +113,39 @@ def _mask_iou(a, b):
     return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
-def encoder_job(kind: str, threads: int, repeats: int) -> dict:
-    import numpy as np
-
+def _predictor(kind: str, model):
+    """"eager" (the original's operations) or "backend:precision" (a SamPredictor)."""
     from mobile_sam import SamPredictor
 
-    model, photo = _model(threads), _photo()
     if kind == "eager":
-        predictor = EagerPredictor(model)
-    else:
-        backend, precision = kind.split(":")
-        predictor = SamPredictor(model, backend=backend, precision=precision)
-        predictor.set_image(photo)  # export / compile once, outside the timing
-    seconds = median_seconds(lambda: predictor.set_image(photo), repeats)
-    predictor.set_image(photo)
-    masks = [predictor.predict(np.array([p]), np.array([1]))[0] for p in POINTS]
-    return {"seconds": seconds, "masks": [np.packbits(m).tolist() for m in masks]}
+        return EagerPredictor(model)
+    backend, _, precision = kind.partition(":")
+    return SamPredictor(model, backend=backend, precision=precision or "fp32")
 
 
-def decoder_job(kind: str, threads: int, repeats: int) -> dict:
+def path_job(what: str, kind: str, threads: int, repeats: int) -> dict:
+    """One path alone in a process: `repeats` timings of `what` ("set_image", or "predict" as
+    blocks of 8 calls), the masks of the 5 points, and (added by run_isolated) peak RSS."""
+    import time
+
     import numpy as np
 
-    from mobile_sam import SamPredictor
-
     model, photo = _model(threads), _photo()
-    predictor = EagerPredictor(model) if kind == "eager" else SamPredictor(model, backend=kind)
-    predictor.set_image(photo)
+    p = _predictor(kind, model)
     point, label = np.array([POINTS[0]]), np.array([1])
-    seconds = median_seconds(lambda: predictor.predict(point, label), repeats * 8, warmup=3)
-    masks = [predictor.predict(np.array([p]), np.array([1]))[0] for p in POINTS]
-    return {"seconds": seconds, "masks": [np.packbits(m).tolist() for m in masks]}
+    p.set_image(photo)  # export / compile once, outside the timing
+    p.predict(point, label)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        if what == "set_image":
+            p.set_image(photo)
+        else:
+            for _ in range(8):
+                p.predict(point, label)
+        seconds.append((time.perf_counter() - start) / (1 if what == "set_image" else 8))
+    masks = [np.packbits(p.predict(np.array([q]), np.array([1]))[0]).tolist() for q in POINTS]
+    return {"seconds": seconds, "masks": masks}
 
 
 # The golden fixture's generator thresholds: with its random weights, the original defaults
@@ -199,7 +208,9 @@ def _matched_share(reference, candidate) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of set_image and predict processes")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per process")
     parser.add_argument("--crops", action="store_true", help="also everything with crop_n_layers=1")
     parser.add_argument("--quick", action="store_true", help="skip segment-everything")
     parser.add_argument("--only-crops", action="store_true",
@@ -217,7 +228,7 @@ def main() -> None:
 
     shape3 = (3, *shape)
     if not args.only_crops:
-        simple_paths(args, add, shape3)
+        simple_paths(args, rows, shape3)
     if not args.quick:
         settings = [] if args.only_crops else [(0, None, "defaults"),
                                                (0, FIXTURE_THRESHOLDS, "fixture thresholds")]
@@ -241,29 +252,38 @@ def main() -> None:
     print(table(rows, ["what", "path", "median", "speed-up", "peak RSS", "agreement"]))
 
 
-def simple_paths(args, add, shape3) -> None:
-    """set_image and predict: eager against each fast path."""
+def simple_paths(args, rows: list, shape3) -> None:
+    """set_image and predict: eager against each fast path. Each path runs in its own process
+    (its own peak RSS, no other thread pools about); the processes are interleaved, round after
+    round, and each round's ratio compares runs minutes apart at most."""
     import numpy as np
 
     from mobile_sam.backends import installed
 
-    base = run_isolated(encoder_job, "eager", args.threads, args.repeats)
-    add("set_image 640x480", "eager (original ops)", base, base, "-")
-    ref_masks = _unpack(base["masks"], shape3)
-    for kind in args.encoders.split(","):
-        if kind.split(":")[0] != "auto" and not installed(kind.split(":")[0]):
-            continue
-        r = run_isolated(encoder_job, kind, args.threads, args.repeats)
-        ious = [_mask_iou(a, b) for a, b in zip(ref_masks, _unpack(r["masks"], shape3))]
-        add("set_image 640x480", kind, r, base, f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}")
-
-    base = run_isolated(decoder_job, "eager", args.threads, args.repeats)
-    add("predict 1 point, multimask", "eager (original ops)", base, base, "-")
-    for kind in ("auto", "torch"):
-        r = run_isolated(decoder_job, kind, args.threads, args.repeats)
-        ious = [_mask_iou(a, b) for a, b in zip(_unpack(base["masks"], shape3), _unpack(r["masks"], shape3))]
-        add("predict 1 point, multimask", f"SamPredictor, backend {kind}", r, base,
-            f"mask IoU min {min(ious):.4f}")
+    encoders = [k for k in args.encoders.split(",")
+                if k.split(":")[0] == "auto" or installed(k.split(":")[0])]
+    for what, label, kinds in [
+        ("set_image", "set_image 640x480", ["eager"] + encoders),
+        ("predict", "predict 1 point, multimask", ["eager", "auto", "torch"]),
+    ]:
+        runs = {kind: [] for kind in kinds}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                runs[kind].append(run_isolated(path_job, what, kind, args.threads, args.repeats))
+        medians = {kind: np.array([np.median(r["seconds"]) for r in rs]) for kind, rs in runs.items()}
+        ref = _unpack(runs["eager"][0]["masks"], shape3)
+        for kind in kinds:
+            rss = max(r["peak_rss_mb"] for r in runs[kind])
+            if kind == "eager":
+                agreement, name = "-", "eager (original ops)"
+            else:
+                ious = [_mask_iou(a, b) for a, b in zip(ref, _unpack(runs[kind][0]["masks"], shape3))]
+                agreement = f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}"
+                name = kind if what == "set_image" else f"SamPredictor, backend {kind}"
+            ratios = medians["eager"] / medians[kind]
+            spread = f" ({ratios.min():.2f}-{ratios.max():.2f})" if kind != "eager" else ""
+            rows.append([label, name, f"{np.median(medians[kind]) * 1000:.0f} ms",
+                         f"x{np.median(ratios):.2f}{spread}", f"{rss:.0f} MB", agreement])
 
 
 if __name__ == "__main__":

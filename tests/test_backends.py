@@ -111,6 +111,30 @@ def test_openvino_embeddings_survive_the_next_image(tiny_sam, rng):
     torch.testing.assert_close(p.get_image_embedding(), kept, atol=0, rtol=0)
 
 
+def test_encoder_buffers_are_released_once_prompting_starts(tiny_sam, rng):
+    """Images encoded back to back keep the encoder's buffers (fast); the first prompt of an
+    image gives them back (memory), once."""
+    from mobile_sam.backends import Encoder, installed
+
+    backend = next((b for b in ("openvino", "onnxruntime") if installed(b)), None)
+    if backend is None:
+        pytest.skip("no non-torch backend installed")
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    p = SamPredictor(tiny_sam, backend=backend)
+    p.set_image(image)
+    released = []
+    p._encoder = Encoder(p._encoder, lambda: released.append(1))
+    p.set_image(image)
+    p.set_image(image)
+    assert released == []
+    for _ in range(2):
+        p.predict(np.array([[10.0, 10.0]]), np.array([1]))
+    assert released == [1]
+    p.set_image(image)
+    p.predict(np.array([[10.0, 10.0]]), np.array([1]))
+    assert released == [1, 1]
+
+
 @pytest.mark.slow
 def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
     """The opt-in reduced-precision encoder keeps masks close to fp32 (mean IoU >= 0.95)."""

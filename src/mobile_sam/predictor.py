@@ -211,6 +211,8 @@ class SamPredictor:
         take effect at the next image."""
         if self._runner is None:
             self._runner = shared_decoder(self.model, self.backend)
+            if self._encoder is not None:  # prompting now: the encoder's buffers can go
+                self._encoder.release_memory()
         return self._runner
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:

@@ -69,15 +69,18 @@ def normalize_and_pad(image: Any, size: int) -> Any:
     (..., 3, size, size): normalised with SAM's mean/std, zeros at the bottom and right."""
     h, w = image.shape[-2:]
     if isinstance(image, np.ndarray):
-        x = image.astype(np.float32)
-        mean = np.asarray(PIXEL_MEAN, np.float32)[:, None, None]
-        std = np.asarray(PIXEL_STD, np.float32)[:, None, None]
-        out = np.zeros(x.shape[:-2] + (size, size), np.float32)
-    else:
-        x = image.float()
-        mean = x.new_tensor(PIXEL_MEAN)[:, None, None]
-        std = x.new_tensor(PIXEL_STD)[:, None, None]
-        out = x.new_zeros(x.shape[:-2] + (size, size))
+        out = np.zeros(image.shape[:-2] + (size, size), np.float32)
+        for c, (mean, std) in enumerate(zip(PIXEL_MEAN, PIXEL_STD)):
+            # In place, channel by channel: the same float32 values as (x - mean) / std
+            # without the full-size temporaries (half the time).
+            dst = out[..., c, :h, :w]
+            np.subtract(image[..., c, :, :], np.float32(mean), out=dst, dtype=np.float32)
+            np.divide(dst, np.float32(std), out=dst)
+        return out
+    x = image.float()
+    mean = x.new_tensor(PIXEL_MEAN)[:, None, None]
+    std = x.new_tensor(PIXEL_STD)[:, None, None]
+    out = x.new_zeros(x.shape[:-2] + (size, size))
     out[..., :h, :w] = (x - mean) / std
     return out
 
