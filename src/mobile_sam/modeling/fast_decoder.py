@@ -86,21 +86,26 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, c // heads)  # B, n, heads, d
 
 
-def _short_softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last axis (a handful of tokens): a few elementwise passes are
-    much faster than the generic kernel on millions of tiny rows."""
-    e = (x - x.amax(dim=-1, keepdim=True)).exp()
-    return e / e.sum(dim=-1, keepdim=True)
+def _token_softmax(scores: torch.Tensor, n: int, heads: int) -> torch.Tensor:
+    """Softmax of image->token scores B, L, n·heads over the n tokens of each head.
+
+    The columns are token-major (n, heads), so the reductions run across contiguous rows of
+    `heads` values rather than along millions of rows of n ≈ 2-7: the same in eager torch,
+    about 10 % less decoder time in OpenVINO (whose softmax kernel handles tiny rows badly)."""
+    b, length, _ = scores.shape
+    x = scores.view(b, length, n, heads)
+    e = (x - x.amax(dim=2, keepdim=True)).exp()
+    return (e / e.sum(dim=2, keepdim=True)).view(b, length, n * heads)
 
 
 def _mix_values(attn: Attention, probs: torch.Tensor, tokens_v: torch.Tensor) -> torch.Tensor:
-    """Image->token output A·(v·W_out^T) + b_out. probs: B, L, heads·n; tokens_v: B, n, C."""
+    """Image->token output A·(v·W_out^T) + b_out. probs: B, L, n·heads; tokens_v: B, n, C."""
     heads = attn.num_heads
     b, n, c = tokens_v.shape
     v = _split_heads(attn.v_proj(tokens_v), heads)
     w_o = attn.out_proj.weight.view(c, heads, -1)
-    v_out = torch.einsum("bnhd,chd->bhnc", v, w_o).reshape(b, heads * n, c)
-    return torch.baddbmm(attn.out_proj.bias.expand(b, probs.shape[1], c), probs, v_out)
+    v_out = torch.einsum("bnhd,chd->bnhc", v, w_o).reshape(b, n * heads, c)
+    return torch.matmul(probs, v_out) + attn.out_proj.bias
 
 
 def first_token_to_image(attn: Attention, tokens_q: torch.Tensor, keys_t: torch.Tensor,
@@ -118,17 +123,15 @@ def first_image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch
     """Image->token attention on cached image queries (1|B, L, C', projected and scaled).
 
     Each head's scores use its own slice of the queries: with the keys laid out block-diagonally
-    (C', heads·n), all heads are one GEMM. Returns B, L, C.
+    (C', n·heads), all heads are one GEMM. Returns B, L, C.
     """
     heads = attn.num_heads
     b, n, _ = tokens_k.shape
     k = _split_heads(attn.k_proj(tokens_k), heads)  # B, n, heads, d
     eye = torch.eye(heads, dtype=k.dtype, device=k.device)
-    k_blocks = torch.einsum("bnhd,hg->bhdgn", k, eye).reshape(b, -1, heads * n)
-    scores = torch.matmul(image_q, k_blocks)  # B, L, heads·n
-    length = scores.shape[1]
-    probs = _short_softmax(scores.view(b, length, heads, n)).view(b, length, heads * n)
-    return _mix_values(attn, probs, tokens_v)
+    k_blocks = torch.einsum("bnhd,hg->bhdng", k, eye).reshape(b, -1, n * heads)
+    scores = torch.matmul(image_q, k_blocks)  # B, L, n·heads
+    return _mix_values(attn, _token_softmax(scores, n, heads), tokens_v)
 
 
 def token_to_image(attn: Attention, tokens_q: torch.Tensor, image_k: torch.Tensor,
@@ -157,7 +160,7 @@ def image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tenso
                    tokens_v: torch.Tensor) -> torch.Tensor:
     """Attention of L image tokens over n prompt tokens without projecting the image tokens.
 
-    image_q: B or 1, L, C; tokens_k, tokens_v: B, n, C. Returns B, L, C.
+    image_q: B, L, C; tokens_k, tokens_v: B, n, C. Returns B, L, C.
     """
     heads = attn.num_heads
     b, n, c = tokens_k.shape
@@ -165,12 +168,10 @@ def image_to_token(attn: Attention, image_q: torch.Tensor, tokens_k: torch.Tenso
     d = k.shape[-1]
     k = k / math.sqrt(d)
     w_q = attn.q_proj.weight.view(heads, d, c)
-    q_k = torch.einsum("hdc,bnhd->bchn", w_q, k).reshape(b, c, heads * n)
-    bias = torch.einsum("hd,bnhd->bhn", attn.q_proj.bias.view(heads, d), k).reshape(b, 1, heads * n)
-    scores = torch.baddbmm(bias, image_q.expand(b, -1, -1), q_k)  # B, L, h·n
-    length = scores.shape[1]
-    probs = _short_softmax(scores.view(b, length, heads, n)).view(b, length, heads * n)
-    return _mix_values(attn, probs, tokens_v)
+    q_k = torch.einsum("hdc,bnhd->bcnh", w_q, k).reshape(b, c, n * heads)
+    bias = torch.einsum("hd,bnhd->bnh", attn.q_proj.bias.view(heads, d), k).reshape(b, 1, n * heads)
+    scores = torch.matmul(image_q, q_k) + bias  # B, L, n·h
+    return _mix_values(attn, _token_softmax(scores, n, heads), tokens_v)
 
 
 # ------------------------------------------------------------------ modules
@@ -197,7 +198,7 @@ class PromptDecoder(nn.Module):
         tokens = torch.cat([output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1),
                             sparse], dim=1)
         query_pe = queries = tokens
-        keys_with_pe = None
+        keys_with_pe = keys + key_pe
         for i, layer in enumerate(transformer.layers):
             if layer.skip_first_layer_pe:
                 queries = layer.self_attn(queries, queries, queries)
