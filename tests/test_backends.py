@@ -158,6 +158,30 @@ def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
     assert np.mean(ious) >= 0.95, np.mean(ious)
 
 
+def test_openvino_decoder_shared_by_threads(tiny_sam, rng):
+    """Predictors of one model in two threads share the compiled decoder but not its buffers:
+    each thread gets what it gets alone (the image tokens are handed out without a copy)."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+    points = rng.uniform(0, 60, (6, 2))
+    predictors = [SamPredictor(tiny_sam, backend="openvino") for _ in images]
+    for p, image in zip(predictors, images):
+        p.set_image(image)
+    alone = [p.predict_point_batch(points, min_iou=-1.0) for p in predictors]
+    assert not np.allclose(alone[0][0], alone[1][0])
+
+    def work(i: int) -> bool:
+        return all(all(np.array_equal(a, b) for a, b in
+                       zip(predictors[i].predict_point_batch(points, min_iou=-1.0), alone[i]))
+                   for _ in range(15))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(work, [0, 1])) == [True, True]
+
+
 def test_weights_loaded_later_reach_the_exported_encoder(tiny_sam, rng, monkeypatch):
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed")

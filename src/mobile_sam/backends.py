@@ -190,7 +190,8 @@ def _openvino_encoder(path: Path, threads: int, precision: str) -> Encoder:
     request = compiled.create_infer_request()
 
     def run(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(request.infer({0: image})[0], dtype=np.float32))
+        out = request.infer({0: image}, share_outputs=True)[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32))  # one copy: the buffer is reused
     return Encoder(run, compiled.release_memory)
 
 

@@ -278,7 +278,8 @@ class FullDecoder(nn.Module):
 
 class DecoderRunner(Protocol):
     """Runs `PromptDecoder`, `MaskHead` and `FullDecoder`: the torch modules or a compiled
-    copy of them. Inputs and outputs are torch tensors."""
+    copy of them. Inputs and outputs are torch tensors; the image tokens `prompt()` returns
+    may be the runner's own buffer, valid until the calling thread's next `prompt()`."""
 
     def prompt(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
