@@ -36,6 +36,7 @@ class FakePredictor:
         self.specs = specs
         self.size: tuple[int, int] | None = None
         self.calls: list[tuple] = []
+        self.half_precision: list[bool] = []  # what each predict_point_batch call was allowed
         self.upscaled = 0
 
     def set_image(self, image: np.ndarray) -> None:
@@ -47,9 +48,10 @@ class FakePredictor:
         self.size = None
         self.calls.append(("reset_image",))
 
-    def predict_point_batch(self, points: np.ndarray,
-                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray, min_iou: float | None = None,
+                            half_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         assert self.size is not None
+        self.half_precision.append(half_precision)
         n = len(points)
         low = np.zeros((n, 3, 256, 256), dtype=np.float32)
         low[:, :, 0, 0] = points[:, None, 0]
@@ -456,10 +458,18 @@ def test_golden_amg(golden_amg):
 
 
 @pytest.mark.slow
-def test_fast_mode_finds_the_golden_masks(golden_amg):
-    """mode="fast" keeps at least 90 % of the exact masks (IoU >= 0.9) on the fixture settings."""
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_fast_mode_finds_the_golden_masks(golden_amg, backend):
+    """mode="fast" keeps at least 90 % of the exact masks (IoU >= 0.9) on the fixture settings,
+    with the float16 decoder where the CPU has one (OpenVINO)."""
+    from mobile_sam import SamPredictor
+    from mobile_sam.backends import installed
+
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
     model, image, amg, _, want_masks = golden_amg
-    records = SamAutomaticMaskGenerator(model, mode="fast", **amg["kwargs"]).generate(image)
+    predictor = SamPredictor(model, backend=backend)
+    records = SamAutomaticMaskGenerator(predictor, mode="fast", **amg["kwargs"]).generate(image)
     got = [r["segmentation"] for r in records]
     matched = sum(any((g & t).sum() / max((g | t).sum(), 1) >= 0.9 for g in got) for t in want_masks)
     assert matched >= 0.9 * len(want_masks), (matched, len(want_masks))
@@ -474,10 +484,18 @@ def test_fast_mode_skips_points_inside_confident_masks():
         predictor = FakePredictor((big, big, big))
         decoded = []
         original = predictor.predict_point_batch
-        predictor.predict_point_batch = lambda p, min_iou=None: (decoded.append(len(p)), original(p, min_iou))[1]
+        predictor.predict_point_batch = lambda p, min_iou=None, **kw: (decoded.append(len(p)),
+                                                                       original(p, min_iou, **kw))[1]
         SamAutomaticMaskGenerator(predictor, points_per_side=8, mode=mode).generate(
             np.zeros((40, 60, 3), np.uint8))
         counts[mode] = sum(decoded)
     assert counts == {"exact": 64, "fast": 16}  # fast: the 4 x 4 coarse points of the 8 x 8 grid
+    halves = {}
+    for mode in ("exact", "fast"):  # only fast mode lets the predictor decode in float16
+        predictor = FakePredictor((big, big, big))
+        SamAutomaticMaskGenerator(predictor, points_per_side=4, mode=mode).generate(
+            np.zeros((40, 60, 3), np.uint8))
+        halves[mode] = set(predictor.half_precision)
+    assert halves == {"exact": {False}, "fast": {True}}
     with pytest.raises(ValueError, match="mode must be one of"):
         SamAutomaticMaskGenerator(FakePredictor((big, big, big)), mode="turbo")

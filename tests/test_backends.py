@@ -182,6 +182,29 @@ def test_openvino_decoder_shared_by_threads(tiny_sam, rng):
         assert list(pool.map(work, [0, 1])) == [True, True]
 
 
+def test_half_precision_decoder_where_the_cpu_has_float16(fixture_model, photo):
+    """half_precision=True decodes in float16 only where OpenVINO reports native FP16, and
+    stays close to fp32 (predicted IoU within 0.02); elsewhere it is the fp32 decoder."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    import openvino as ov
+
+    native = "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    p = SamPredictor(fixture_model, backend="openvino")
+    p.set_image(photo)
+    points = np.random.default_rng(3).uniform([0, 0], [photo.shape[1], photo.shape[0]], (16, 2))
+    low32, iou32 = p.predict_point_batch(points)
+    low16, iou16 = p.predict_point_batch(points, half_precision=True)
+    assert p._decoder(True).precision == ("f16" if native else "f32")
+    if native:
+        assert not np.array_equal(iou16, iou32)
+        assert np.abs(iou16 - iou32).max() <= 0.02
+        agree = ((low16 > 0) == (low32 > 0)).mean()
+        assert agree >= 0.98, agree
+    else:
+        np.testing.assert_array_equal(iou16, iou32)
+
+
 def test_weights_loaded_later_reach_the_exported_encoder(tiny_sam, rng, monkeypatch):
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed")

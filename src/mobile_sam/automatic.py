@@ -6,9 +6,10 @@ code serves :class:`mobile_sam.SamPredictor` and the torch-free ONNX runtime.
 
 Predictor interface (all numpy):
     ``set_image(image)``: HxWx3 uint8 RGB; ``reset_image()``; ``mask_threshold`` (float);
-    ``predict_point_batch(points, min_iou=None)``: (N, 2) XY pixels of the image last set, one
-    positive point per prompt, multimask output → (low-res logits (N, 3, 256, 256) float32, IoU
-    (N, 3) float32); logits of prompts with no IoU above `min_iou` may be left as zeros;
+    ``predict_point_batch(points, min_iou=None, half_precision=False)``: (N, 2) XY pixels of
+    the image last set, one positive point per prompt, multimask output → (low-res logits
+    (N, 3, 256, 256) float32, IoU (N, 3) float32); logits of prompts with no IoU above
+    `min_iou` may be left as zeros; `half_precision=True` (fast mode) allows a float16 decoder;
     ``upscale_logits(low_res)``: (K, 256, 256) → (K, H, W) float32 logits at the image's size.
 """
 from __future__ import annotations
@@ -159,7 +160,8 @@ class SamAutomaticMaskGenerator:
         0.95) covers yet (a point inside a found object mostly
         finds that object again, which NMS would discard). Far fewer decoder runs on images
         with large confident objects; masks that only a skipped point would have found are
-        missed.
+        missed. The decoder may also run in float16 where the CPU computes it natively
+        (OpenVINO on AVX512-FP16 CPUs: ~1.4x faster per point).
     """
 
     def __init__(
@@ -399,7 +401,11 @@ class SamAutomaticMaskGenerator:
         # Masks at or under the IoU threshold are dropped below, so the predictor may skip
         # upscaling prompts that have none above it (exact, and most of the decoder's work).
         min_iou = float(np.float32(self.pred_iou_thresh)) if self.pred_iou_thresh > 0.0 else None
-        low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou)
+        if self.mode == "fast":
+            low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou,
+                                                                    half_precision=True)
+        else:
+            low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou)
         low_res = np.asarray(low_res)
         iou_preds = np.asarray(iou_preds)
         n_points, n_masks = low_res.shape[:2]

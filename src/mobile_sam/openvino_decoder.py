@@ -92,7 +92,8 @@ def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
 
 
 class OpenVINODecoderRunner:
-    """`DecoderRunner` on OpenVINO, fp32 (results agree with torch to float rounding).
+    """`DecoderRunner` on OpenVINO: fp32 (results agree with torch to float rounding), or
+    float16 with `half=True` on CPUs that compute it natively (`precision` tells which ran).
 
     One runner serves every predictor of a model: the graphs are compiled once, on first use
     (memory only for what runs), and each thread gets its own infer requests, so threads never
@@ -101,12 +102,14 @@ class OpenVINODecoderRunner:
     `prompt()`, which is how `decode_masks` uses them.
     """
 
-    def __init__(self, model: Sam, threads: int) -> None:
+    def __init__(self, model: Sam, threads: int, half: bool = False) -> None:
         import openvino as ov
 
-        self._config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                        "PERFORMANCE_HINT": "LATENCY"}
         self._core = ov.Core()
+        native_f16 = "FP16" in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = "f16" if half and native_f16 else "f32"
+        self._config = {"INFERENCE_PRECISION_HINT": self.precision,
+                        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
         self._paths = cached_decoder_graphs(model)
         self._compiled: dict[str, object] = {}
         self._compile_lock = threading.Lock()

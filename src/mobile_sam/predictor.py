@@ -99,7 +99,7 @@ class SamPredictor:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self._decoder_cache: DecoderImageCache | None = None  # prompt-independent decoder work
-        self._runner: DecoderRunner | None = None
+        self._runners: dict[bool, DecoderRunner] = {}
         self.original_size: tuple[int, ...] | None = None
         self.input_size: tuple[int, ...] | None = None
 
@@ -180,7 +180,7 @@ class SamPredictor:
         return masks, iou, low_res
 
     def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
-                min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                min_iou: float | None = None, half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
         model = self.model
         dtype = self.features.dtype
@@ -191,7 +191,7 @@ class SamPredictor:
         coords, labels = coords.to(self.device), labels.to(self.device)
         if coords.shape[0] != batch:
             coords, labels = coords.expand(batch, -1, -1), labels.expand(batch, -1)
-        runner = self._decoder()
+        runner = self._decoder(half)
         if mask_input is not None:  # a dense embedding per prompt: nothing to reuse
             dense = model.prompt_encoder.mask_downscaling(mask_input.to(self.device, dtype))
             cache = DecoderImageCache.build(self.features, model.prompt_encoder, model.mask_decoder, dense)
@@ -205,15 +205,15 @@ class SamPredictor:
         low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou)
         return low_res.float(), iou.float()
 
-    def _decoder(self) -> DecoderRunner:
+    def _decoder(self, half: bool = False) -> DecoderRunner:
         """The decoder runner for the backend, shared by the model's predictors. Looked up
         once per image (like the per-image decoder cache): weights changed after `set_image`
         take effect at the next image."""
-        if self._runner is None:
-            self._runner = shared_decoder(self.model, self.backend)
+        if half not in self._runners:
+            self._runners[half] = shared_decoder(self.model, self.backend, half)
             if self._encoder is not None:  # prompting now: the encoder's buffers can go
                 self._encoder.release_memory()
-        return self._runner
+        return self._runners[half]
 
     def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
         sizes = {}
@@ -248,13 +248,15 @@ class SamPredictor:
 
     # ------------------------------------------- used by the automatic mask generator
     @torch.inference_mode()
-    def predict_point_batch(self, points: np.ndarray,
-                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray, min_iou: float | None = None,
+                            half_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """One positive point per prompt, three masks each.
 
         points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
         and IoU predictions N, 3 (float32 numpy). With `min_iou`, prompts none of whose masks
         has a predicted IoU above it are not upscaled (their logits are zeros).
+        half_precision: decode in float16 where the CPU does so natively (see
+        `mobile_sam.backends.make_decoder`); the generator's fast mode asks for it.
         """
         self._require_image()
         coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), self.original_size)
@@ -263,8 +265,8 @@ class SamPredictor:
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
-        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou)
-                 for i in range(0, len(coords_t), step)]
+        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou,
+                              half_precision) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         return low_res.cpu().numpy(), iou.cpu().numpy()

@@ -285,13 +285,14 @@ class OnnxPredictor:
         return np.concatenate(low_res), np.concatenate(iou)
 
     # ------------------------------------------- used by the automatic mask generator
-    def predict_point_batch(self, points: np.ndarray,
-                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray, min_iou: float | None = None,
+                            half_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """One positive point per prompt, three masks each.
 
         points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
-        and IoU predictions N, 3 (float32). `min_iou` is accepted for the generator's
-        interface; the graph computes every prompt's logits anyway, so all are returned.
+        and IoU predictions N, 3 (float32). `min_iou` and `half_precision` are accepted for
+        the generator's interface; the graph computes every prompt's logits, in the precision
+        it was exported in, so all are returned.
         """
         self._require_image()
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
