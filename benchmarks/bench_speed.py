@@ -266,6 +266,8 @@ def simple_paths(args, rows: list, shape3) -> None:
         ("set_image", "set_image 640x480", ["eager"] + encoders),
         ("predict", "predict 1 point, multimask", ["eager", "auto", "torch"]),
     ]:
+        for kind in kinds[1:]:  # one-time exports and conversions, cached on disk: not measured
+            run_isolated(path_job, what, kind, args.threads, 0)
         runs = {kind: [] for kind in kinds}
         for _ in range(args.rounds):
             for kind in kinds:
