@@ -559,8 +559,12 @@ def test_python_m_and_console_script(tmp_path) -> None:
     expected, _, _ = predictor.predict(np.array([[240, 400]]), np.array([1]),
                                        multimask_output=False)
     assert expected[0].any() and not expected[0].all()
-    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "bus_480x640_mask_0.png"),
-                                  expected[0])
+    # The same mask up to float rounding: with random weights many logits sit next to the
+    # threshold, and two processes may round the last bit differently (seen once in CI: 4 of
+    # 307200 pixels). A wrong prompt or frame would differ in thousands.
+    got = read_mask(tmp_path / "out" / "bus_480x640_mask_0.png")
+    assert got.shape == expected[0].shape
+    assert (got != expected[0]).sum() <= 1e-4 * got.size
 
     script = Path(sys.executable).with_name("mobile-sam")
     assert script.is_file(), f"console script not installed at {script}"
