@@ -148,6 +148,8 @@ class OpenVINODecoderRunner:
         return tuple(self._run("full", points, labels, cache, (True, True)))
 
     def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        # The inputs are read in place and the logits copied once, out of the reused buffer.
         out = self._request("masks").infer([src.float().contiguous().numpy(),
-                                            hyper.float().contiguous().numpy()])
+                                            hyper.float().contiguous().numpy()],
+                                           share_inputs=True, share_outputs=True)
         return torch.from_numpy(np.array(out[0]))
