@@ -401,11 +401,9 @@ class SamAutomaticMaskGenerator:
         # Masks at or under the IoU threshold are dropped below, so the predictor may skip
         # upscaling prompts that have none above it (exact, and most of the decoder's work).
         min_iou = float(np.float32(self.pred_iou_thresh)) if self.pred_iou_thresh > 0.0 else None
-        if self.mode == "fast":
-            low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou,
-                                                                    half_precision=True)
-        else:
-            low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou)
+        # Only fast mode passes half_precision: exact mode keeps the two-argument interface.
+        extra = {"half_precision": True} if self.mode == "fast" else {}
+        low_res, iou_preds = self.predictor.predict_point_batch(points, min_iou=min_iou, **extra)
         low_res = np.asarray(low_res)
         iou_preds = np.asarray(iou_preds)
         n_points, n_masks = low_res.shape[:2]

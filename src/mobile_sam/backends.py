@@ -46,7 +46,6 @@ ENCODER_OPSET = 17
 log = logging.getLogger(__name__)
 
 
-
 class Encoder:
     """The image encoder on a backend: 1x3xSxS float32 numpy -> 1xCxhxw embedding tensor.
 
@@ -133,7 +132,8 @@ def make_encoder(model: Sam, backend: str, precision: str = "fp32",
     return _openvino_encoder(path, threads, precision)
 
 
-_DECODERS: "weakref.WeakKeyDictionary[Sam, dict[str, tuple[tuple, DecoderRunner]]]" = \
+# model -> (backend, half) -> (weights fingerprint, runner)
+_DECODERS: "weakref.WeakKeyDictionary[Sam, dict[tuple[str, bool], tuple[tuple, DecoderRunner]]]" = \
     weakref.WeakKeyDictionary()
 _DECODERS_LOCK = threading.Lock()
 

@@ -198,7 +198,7 @@ class PromptDecoder(nn.Module):
         tokens = torch.cat([output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1),
                             sparse], dim=1)
         query_pe = queries = tokens
-        keys_with_pe = keys + key_pe
+        keys_with_pe = None  # layer 0 works on the cached projections
         for i, layer in enumerate(transformer.layers):
             if layer.skip_first_layer_pe:
                 queries = layer.self_attn(queries, queries, queries)
