@@ -3,9 +3,9 @@
     python benchmarks/bench_speed.py [--threads 2] [--rounds 3] [--repeats 3] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
-(torch eager encoder; the mask decoder module on one copy of the embedding per prompt; every
-mask upsampled to 1024² and then to the image size; the automatic generator upsampling every
-candidate mask before filtering).
+(torch eager encoder, its stage 0 computed whole rather than in strips; the mask decoder
+module on one copy of the embedding per prompt; every mask upsampled to 1024² and then to
+the image size; the automatic generator upsampling every candidate mask before filtering).
 
 set_image and predict: every path runs in its own process (its peak RSS is its own), and the
 processes are interleaved round after round, so that the drifts of a shared machine (seen
@@ -53,8 +53,12 @@ class EagerPredictor:
     mask_threshold = 0.0
 
     def __init__(self, model):
+        from mobile_sam.modeling.tiny_vit import MBConv
         from mobile_sam.transforms import ResizeLongestSide
 
+        for module in model.modules():  # the original computes stage 0 whole, not in strips
+            if isinstance(module, MBConv):
+                module.row_strips = 1
         self.model = model
         self.transform = ResizeLongestSide(model.img_size)
         self._upscaled = None

