@@ -219,8 +219,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip segment-everything")
     parser.add_argument("--only-crops", action="store_true",
                         help="only everything with crop_n_layers=1 (it takes the longest)")
-    parser.add_argument("--encoders", default="auto:fp32,onnxruntime:fp32,openvino:fp32,"
-                        "onnxruntime:int8,openvino:bf16")
+    parser.add_argument("--encoders", default="auto:fp32,torch:fp32,onnxruntime:fp32,"
+                        "openvino:fp32,onnxruntime:int8,openvino:bf16")
     args = parser.parse_args()
     shape = _photo().shape[:2]
     rows = []
@@ -231,8 +231,7 @@ def main() -> None:
                      f"{r['peak_rss_mb']:.0f} MB", agreement])
 
     shape3 = (3, *shape)
-    if not args.only_crops:
-        simple_paths(args, rows, shape3)
+    eager_set_image = simple_paths(args, rows, shape3) if not args.only_crops else None
     if not args.quick:
         settings = [] if args.only_crops else [(0, None, "defaults"),
                                                (0, FIXTURE_THRESHOLDS, "fixture thresholds")]
@@ -254,12 +253,51 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     print(table(rows, ["what", "path", "median", "speed-up", "peak RSS", "agreement"]))
+    if eager_set_image is not None:
+        floor = run_isolated(arithmetic_floor_job, args.threads)
+        print(arithmetic_floor_text(floor, eager_set_image))
 
 
-def simple_paths(args, rows: list, shape3) -> None:
+def arithmetic_floor_job(threads: int) -> dict:
+    """The encoder's FLOPs (the original's computation) and this machine's GEMM throughput
+    (torch, best of 5, a 4096x1024 by 1024x1024 product) in fp32 and bfloat16."""
+    import time
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(threads)
+    EagerPredictor(model)  # stage 0 whole, as the original computes it
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.image_encoder(torch.zeros(1, 3, model.img_size, model.img_size))
+    gflop_per_s = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(4096, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+        gflop_per_s[str(dtype).split(".")[1]] = 2 * 4096 * 1024 * 1024 / best / 1e9
+    return {"encoder_gflop": counter.get_total_flops() / 1e9, "gemm_gflop_per_s": gflop_per_s}
+
+
+def arithmetic_floor_text(floor: dict, eager_seconds: float) -> str:
+    """The fastest set_image the encoder's arithmetic allows here, as a ceiling on the ratio."""
+    lines = [f"arithmetic floor of the encoder: {floor['encoder_gflop']:.1f} GFLOP"]
+    for dtype, rate in floor["gemm_gflop_per_s"].items():
+        seconds = floor["encoder_gflop"] / rate
+        lines.append(f"  at this machine's {dtype} GEMM rate ({rate:.0f} GFLOP/s): "
+                     f"{seconds * 1000:.0f} ms, so at most x{eager_seconds / seconds:.2f} over "
+                     f"eager set_image ({eager_seconds * 1000:.0f} ms)")
+    return "\n".join(lines)
+
+
+def simple_paths(args, rows: list, shape3) -> float:
     """set_image and predict: eager against each fast path. Each path runs in its own process
     (its own peak RSS, no other thread pools about); the processes are interleaved, round after
-    round, and each round's ratio compares runs minutes apart at most."""
+    round, and each round's ratio compares runs minutes apart at most. Returns eager's median
+    set_image seconds."""
     import numpy as np
 
     from mobile_sam.backends import installed
@@ -277,6 +315,8 @@ def simple_paths(args, rows: list, shape3) -> None:
             for kind in kinds:
                 runs[kind].append(run_isolated(path_job, what, kind, args.threads, args.repeats))
         medians = {kind: np.array([np.median(r["seconds"]) for r in rs]) for kind, rs in runs.items()}
+        if what == "set_image":
+            eager_set_image = float(np.median(medians["eager"]))
         ref = _unpack(runs["eager"][0]["masks"], shape3)
         for kind in kinds:
             rss = max(r["peak_rss_mb"] for r in runs[kind])
@@ -290,6 +330,7 @@ def simple_paths(args, rows: list, shape3) -> None:
             spread = f" ({ratios.min():.2f}-{ratios.max():.2f})" if kind != "eager" else ""
             rows.append([label, name, f"{np.median(medians[kind]) * 1000:.0f} ms",
                          f"x{np.median(ratios):.2f}{spread}", f"{rss:.0f} MB", agreement])
+    return eager_set_image
 
 
 if __name__ == "__main__":
