@@ -3,7 +3,7 @@
     python benchmarks/bench_speed.py [--threads 2] [--rounds 3] [--repeats 3] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
-(torch eager encoder, its stage 0 computed whole rather than in strips; the mask decoder
+(torch eager encoder, its stage 0 computed whole rather than by groups; the mask decoder
 module on one copy of the embedding per prompt; every mask upsampled to 1024² and then to
 the image size; the automatic generator upsampling every candidate mask before filtering).
 
@@ -56,9 +56,9 @@ class EagerPredictor:
         from mobile_sam.modeling.tiny_vit import MBConv
         from mobile_sam.transforms import ResizeLongestSide
 
-        for module in model.modules():  # the original computes stage 0 whole, not in strips
+        for module in model.modules():  # the original computes stage 0 whole, not by groups
             if isinstance(module, MBConv):
-                module.row_strips = 1
+                module.hidden_groups = 1
         self.model = model
         self.transform = ResizeLongestSide(model.img_size)
         self._upscaled = None

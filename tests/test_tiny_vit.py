@@ -23,11 +23,11 @@ def _whole(block: MBConv, x: torch.Tensor) -> torch.Tensor:
     return block.act3(x + block.drop_path(y))
 
 
-@pytest.mark.parametrize("height, strips", [(16, 4), (13, 4), (5, 8), (3, 3), (9, 1)])
-def test_mbconv_in_strips_equals_the_whole_block(height, strips):
-    block = _block(8, 0.0).eval()
-    block.row_strips = strips
-    x = torch.randn(2, 8, height, 11)
+@pytest.mark.parametrize("groups", [4, 2, 32, 3, 1])
+def test_mbconv_by_channel_groups_equals_the_whole_block(groups):
+    block = _block(8, 0.0).eval()  # 32 hidden channels; 3 groups do not divide them
+    block.hidden_groups = groups
+    x = torch.randn(2, 8, 13, 11)
     with torch.no_grad():
         torch.testing.assert_close(block(x), _whole(block, x), rtol=0, atol=1e-5)
 
