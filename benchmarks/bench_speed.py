@@ -1,6 +1,6 @@
 """The fast paths against the plain eager path, side by side in one run.
 
-    python benchmarks/bench_speed.py [--threads 2] [--rounds 3] [--repeats 3] [--crops | --only-crops] [--quick]
+    python benchmarks/bench_speed.py [--threads 2] [--rounds 5] [--repeats 3] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
 (torch eager encoder, its stage 0 computed whole rather than by groups; the mask decoder
@@ -212,7 +212,7 @@ def _matched_share(reference, candidate) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved rounds of set_image and predict processes")
     parser.add_argument("--repeats", type=int, default=3, help="timings per process")
     parser.add_argument("--crops", action="store_true", help="also everything with crop_n_layers=1")
