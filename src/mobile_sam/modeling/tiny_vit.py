@@ -62,7 +62,7 @@ class MBConv(nn.Module):
     In inference the expanded channels are computed in `hidden_groups` groups, each expanded,
     filtered and projected on its own, the projections summed: the 4×-expanded activations
     (64 MB each at 1024²) never exist whole. Same function (the projection's sum is split, so
-    float rounding moves by ~1e-5); the exported encoder's peak memory is ~40 MB lower, and
+    float rounding moves by ~1e-5); the exported encoder's peak memory is ~45 MB lower, and
     OpenVINO still fuses each convolution with its BatchNorm and GELU (with strips of rows it
     did not). `hidden_groups = 1` is the plain block; training always runs it.
     """
