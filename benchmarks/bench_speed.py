@@ -46,6 +46,16 @@ def _model(threads: int):
     return sam_model_registry["vit_t"](checkpoint=str(FIXTURE_CHECKPOINT))
 
 
+def _as_original(model):
+    """`model` computing its encoder's stage 0 whole, as the original does (not by groups)."""
+    from mobile_sam.modeling.tiny_vit import MBConv
+
+    for module in model.modules():
+        if isinstance(module, MBConv):
+            module.hidden_groups = 1
+    return model
+
+
 class EagerPredictor:
     """The original predictor's operations, for timing: eager encoder, the decoder module with
     the embedding repeated per prompt, two-step upsampling of every mask."""
@@ -53,13 +63,9 @@ class EagerPredictor:
     mask_threshold = 0.0
 
     def __init__(self, model):
-        from mobile_sam.modeling.tiny_vit import MBConv
         from mobile_sam.transforms import ResizeLongestSide
 
-        for module in model.modules():  # the original computes stage 0 whole, not by groups
-            if isinstance(module, MBConv):
-                module.hidden_groups = 1
-        self.model = model
+        self.model = _as_original(model)
         self.transform = ResizeLongestSide(model.img_size)
         self._upscaled = None
 
@@ -266,8 +272,7 @@ def arithmetic_floor_job(threads: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _model(threads)
-    EagerPredictor(model)  # stage 0 whole, as the original computes it
+    model = _as_original(_model(threads))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.image_encoder(torch.zeros(1, 3, model.img_size, model.img_size))
     gflop_per_s = {}

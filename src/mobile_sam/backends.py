@@ -28,6 +28,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
@@ -211,6 +212,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def source_digest(*modules: ModuleType) -> str:
+    """sha256 of the modules' source files: part of the key of a graph cached on disk, so that
+    a change to the code that defines the graph never reuses a stale file."""
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()
+
+
 def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
     """The model's encoder as an ONNX file, exported once and kept in the cache folder.
 
@@ -224,9 +231,8 @@ def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
     from .onnx.export import export_encoder, quantize_encoder
     from .weights import cache_dir
 
-    # The graph depends on the weights and on the code that defines it.
-    code = b"".join(Path(m.__file__).read_bytes() for m in (tiny_vit, export_module))
-    key = hashlib.sha256(weights_digest(model.image_encoder).encode() + code).hexdigest()[:20]
+    code = source_digest(tiny_vit, export_module)
+    key = hashlib.sha256((weights_digest(model.image_encoder) + code).encode()).hexdigest()[:20]
     folder = cache_dir() / "onnx" / f"encoder-{key}-torch{torch.__version__}-opset{ENCODER_OPSET}"
     name = "encoder_int8.onnx" if int8 else "encoder.onnx"
     target = folder / name

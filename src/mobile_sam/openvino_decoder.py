@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -66,13 +67,13 @@ def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
     """
     import openvino as ov
 
-    from .backends import weights_digest
+    from .backends import source_digest, weights_digest
     from .weights import cache_dir
 
     # The graphs depend on the weights and on the code that defines them.
-    code = hashlib.sha256(Path(fast_decoder.__file__).read_bytes() + Path(__file__).read_bytes())
+    code = source_digest(fast_decoder, sys.modules[__name__])
     key = hashlib.sha256((weights_digest(model.mask_decoder) + weights_digest(model.prompt_encoder)
-                          + code.hexdigest()).encode()).hexdigest()[:24]
+                          + code).encode()).hexdigest()[:24]
     folder = cache_dir() / "openvino" / (f"decoder-{key}-torch{torch.__version__}"
                                          f"-ov{ov.__version__.split('-')[0]}")
     paths = {name: folder / f"{name}.xml" for name in ("prompt", "masks", "full")}
