@@ -127,7 +127,9 @@ class PatchMerging(nn.Module):
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
-        return x.flatten(2).transpose(1, 2)
+        # Channels last straight from the conv (not flatten, then transpose): in the exported
+        # graph the conv's own NHWC output then needs no reorder and no transpose.
+        return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 def attention_bias_index(window: int) -> torch.Tensor:
@@ -177,7 +179,10 @@ class WindowAttention(nn.Module):
         weight, bias = self.qkv.weight.view(heads, 3, d, c), self.qkv.bias.view(heads, 3, d)
         q, k, v = (F.linear(x, weight[:, i].reshape(heads * d, c), bias[:, i].reshape(heads * d))
                    .view(b, n, heads, d).transpose(1, 2) for i in range(3))  # B, heads, N, d
-        attn = (q @ k.transpose(-2, -1)) * self.scale
+        # The scale on k rather than on the scores: the exported graph then transposes k in
+        # two steps, the last of which folds into the product; one fused transpose would
+        # run as OpenVINO's reference kernel (~1 % of the encoder).
+        attn = q @ (k * self.scale).transpose(-2, -1)
         attn = attn + self.attention_biases[:, self.attention_bias_idxs]
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))
@@ -231,8 +236,10 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape  # tokens in row-major order
         x = x + self.drop_path(self._windowed_attention(x))
-        x = x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution)
-        x = self.local_conv(x).view(b, c, l).transpose(1, 2)
+        # Tokens <-> map as a view and a permute next to the conv (see PatchMerging): in
+        # OpenVINO the depthwise conv then reads and writes NHWC in place, ~5 % of the encoder.
+        r = self.resolution
+        x = self.local_conv(x.view(b, r, r, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, l, c)
         return x + self.drop_path(self.mlp(x))
 
 
