@@ -50,6 +50,8 @@ _PREDICTOR_METHODS = ("set_image", "reset_image", "predict_point_batch", "upscal
 # Upscale at most this many full-resolution logits at once (float32: 128 MiB), so memory stays
 # bounded on large images whatever points_per_batch is.
 _MAX_UPSCALED_ELEMENTS = 2**25
+# Run-length encode at most this many unpacked masks at once.
+_RLE_CHUNK = 64
 
 
 def _coarse_to_fine(grid: np.ndarray) -> list[np.ndarray]:
@@ -63,6 +65,18 @@ def _coarse_to_fine(grid: np.ndarray) -> list[np.ndarray]:
     return [np.nonzero(coarse)[0], np.nonzero(~coarse)[0]]
 
 
+def _pack_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, h, w) bool -> (N, ceil(h·w / 8)) uint8: candidates are kept packed until the crop's
+    NMS, which drops most of them, so only the masks kept are run-length encoded."""
+    n, h, w = masks.shape
+    return np.packbits(masks.reshape(n, h * w), axis=1)
+
+
+def _unpack_masks(packed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return np.unpackbits(packed, axis=1, count=h * w).reshape(len(packed), h, w).view(bool)
+
+
 class _MaskData:
     """Per-mask columns: numpy arrays with the mask on axis 0, plus a list of RLEs."""
 
@@ -70,7 +84,7 @@ class _MaskData:
         self.columns: dict[str, Any] = columns
 
     def __len__(self) -> int:
-        return len(self.columns["rles"])
+        return len(self.columns["iou_preds"])
 
     def __getitem__(self, key: str) -> Any:
         return self.columns[key]
@@ -102,9 +116,9 @@ class _MaskData:
         return _MaskData(**out)
 
 
-def _empty_data() -> _MaskData:
+def _empty_data(**columns: Any) -> _MaskData:
     return _MaskData(
-        rles=[],
+        **columns,
         boxes=np.zeros((0, 4), dtype=np.int64),
         iou_preds=np.zeros(0, dtype=np.float32),
         points=np.zeros((0, 2), dtype=np.float64),
@@ -360,7 +374,7 @@ class SamAutomaticMaskGenerator:
         try:
             grid = self.point_grids[layer_idx]
             points_for_image = grid * np.array([[crop_w, crop_h]])
-            parts = [_empty_data()]
+            parts = [_empty_data(packed=_pack_masks(np.zeros((0, crop_h, crop_w), bool)))]
             if self.mode == "exact":
                 for start in range(0, len(points_for_image), self.points_per_batch):
                     points = points_for_image[start : start + self.points_per_batch]
@@ -379,8 +393,13 @@ class SamAutomaticMaskGenerator:
             self.predictor.reset_image()
         data = _MaskData.cat(parts)
 
-        # Remove duplicates within this crop.
+        # Remove duplicates within this crop; only the masks kept are run-length encoded.
         data.filter(nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
+        packed = data.columns.pop("packed")
+        data["rles"] = []
+        for start in range(0, len(packed), _RLE_CHUNK):
+            masks = _unpack_masks(packed[start : start + _RLE_CHUNK], (crop_h, crop_w))
+            data["rles"].extend(mask_to_rle(masks, crop_box=crop_box, orig_size=orig_size))
 
         # Return to the original image frame.
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
@@ -421,16 +440,17 @@ class SamAutomaticMaskGenerator:
         threshold = float(self.predictor.mask_threshold)
         crop_h, crop_w = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
         chunk = max(1, _MAX_UPSCALED_ELEMENTS // max(1, crop_h * crop_w))
-        parts = [_empty_data()]
+        parts = [_empty_data(packed=_pack_masks(np.zeros((0, crop_h, crop_w), bool)))]
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
             logits = np.asarray(self.predictor.upscale_logits(low_res[idx]))
             stability = stability_score(logits, threshold, self.stability_score_offset)
-            if self.stability_score_thresh > 0.0:
-                stable = stability >= np.float32(self.stability_score_thresh)
-                idx, stability, logits = idx[stable], stability[stable], logits[stable]
             masks = logits > np.asarray(threshold, dtype=logits.dtype)
             del logits
+            if self.stability_score_thresh > 0.0:
+                stable = stability >= np.float32(self.stability_score_thresh)
+                if not stable.all():  # select among the bool masks: a quarter of the copying
+                    idx, stability, masks = idx[stable], stability[stable], masks[stable]
             boxes = masks_to_boxes(masks)
 
             # Drop masks whose box touches a crop edge that is not an image edge.
@@ -444,7 +464,7 @@ class SamAutomaticMaskGenerator:
                     covered |= masks[confident].any(axis=0)
             parts.append(
                 _MaskData(
-                    rles=mask_to_rle(masks, crop_box=crop_box, orig_size=orig_size),
+                    packed=_pack_masks(masks),
                     boxes=boxes,
                     iou_preds=iou_preds[idx].astype(np.float32),
                     points=mask_points[idx].astype(np.float64),

@@ -131,6 +131,7 @@ class MaskUpscaler:
 
         self.rows = matrix(row_idx - self.row_start, row_w, self.row_stop - self.row_start)  # H, r
         self.cols = matrix(col_idx, col_w, low_size)  # W, low
+        self._row_blocks: dict[int, Any] = {}  # K -> K copies of `rows` on the diagonal
 
     def __call__(self, low_res: Any) -> Any:
         """(..., low, low) logits (numpy or torch) -> (..., H, W) float32 logits, same type."""
@@ -143,13 +144,30 @@ class MaskUpscaler:
 
     def _apply(self, low_res: np.ndarray) -> np.ndarray:
         lead = low_res.shape[:-2]
-        x = np.asarray(low_res, np.float32)[..., self.row_start:self.row_stop, :]
-        r, low = x.shape[-2:]
+        x = np.asarray(low_res, np.float32).reshape(-1, *low_res.shape[-2:])
+        size = (self.rows.shape[0], self.cols.shape[0])
+        if len(x) <= _UPSCALE_GROUP:
+            return self._apply_group(x).reshape(*lead, *size)
+        out = np.empty((len(x), *size), np.float32)
+        for start in range(0, len(x), _UPSCALE_GROUP):
+            group = x[start : start + _UPSCALE_GROUP]
+            out[start : start + len(group)] = self._apply_group(group).reshape(-1, *size)
+        return out.reshape(*lead, *size)
+
+    def _apply_group(self, x: np.ndarray) -> np.ndarray:
+        """(K, low, low) -> (K·H, W)."""
+        x = x[:, self.row_start:self.row_stop, :]
+        k, r, low = x.shape
         x = np.ascontiguousarray(x.reshape(-1, low).T)  # low, K·r
-        k = x.shape[1] // r
         y = np.ascontiguousarray((self.cols @ x).T)  # column pass: K·r, W
-        out = _block_diagonal(self.rows, k) @ y  # row pass, every mask in one product: K·H, W
-        return out.reshape(*lead, self.rows.shape[0], y.shape[1])
+        if k not in self._row_blocks:
+            self._row_blocks[k] = _block_diagonal(self.rows, k)
+        return self._row_blocks[k] @ y  # row pass, the K masks in one product: K·H, W
+
+
+# Masks upscaled per pass: their intermediates stay in the CPU caches. Measured on 109
+# masks of 480x640: 1-4 per pass ~1 ms per mask, 8 ~2.5 ms, all at once 1.5-2.7 ms.
+_UPSCALE_GROUP = 4
 
 
 def _block_diagonal(matrix, k: int):
