@@ -199,5 +199,14 @@ def test_min_iou_skips_only_prompts_that_would_be_dropped(fixture_predictor):
     np.testing.assert_array_equal(iou, iou_all)
     kept = (iou > threshold).any(axis=1)
     assert 0 < kept.sum() < len(pts)
-    np.testing.assert_allclose(low[kept], low_all[kept], atol=1e-3, rtol=0)
     assert not low[~kept].any()
+    # Kept prompts: the padding that upscaling never reads is not computed; the rest, and so
+    # the masks at the image's size, are the full decoder's.
+    h, w = p.input_size
+    rows = -(-(h * 256 // 1024 + 1) // 4) * 4  # whole 4x4 cells, down to the last row read
+    assert low.shape[2:] == (rows, 256) and rows < 256
+    np.testing.assert_allclose(low[kept], low_all[kept][..., :rows, :], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(p.upscale_logits(low[kept].reshape(-1, rows, 256)),
+                               p.upscale_logits(low_all[kept].reshape(-1, 256, 256)), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="do not cover"):
+        p.upscale_logits(low[kept].reshape(-1, rows, 256)[:, :-4])

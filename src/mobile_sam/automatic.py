@@ -9,8 +9,10 @@ Predictor interface (all numpy):
     ``predict_point_batch(points, min_iou=None, half_precision=False)``: (N, 2) XY pixels of
     the image last set, one positive point per prompt, multimask output → (low-res logits
     (N, 3, 256, 256) float32, IoU (N, 3) float32); logits of prompts with no IoU above
-    `min_iou` may be left as zeros; `half_precision=True` (fast mode) allows a float16 decoder;
-    ``upscale_logits(low_res)``: (K, 256, 256) → (K, H, W) float32 logits at the image's size.
+    `min_iou` may be zeros, and with `min_iou` the logits may be cut to the top-left part
+    that ``upscale_logits`` reads; `half_precision=True` (fast mode) allows a float16 decoder;
+    ``upscale_logits(low_res)``: (K, 256, 256) or that part → (K, H, W) float32 logits at the
+    image's size.
 """
 from __future__ import annotations
 

@@ -38,13 +38,14 @@ def _graphs(model: Sam) -> dict[str, tuple[torch.nn.Module, tuple, list[list[int
     cache_shapes = [[-1, *t.shape[1:]] for t in cache.tensors()]
     cache_shapes[1][0] = 1  # key_pe is shared by every prompt
     prompt_shapes = [[-1, -1, 2], [-1, -1]] + cache_shapes
-    src = torch.zeros(2, size[0] * size[1], dim)
+    src = torch.zeros(2, *size, dim)
     hyper = torch.zeros(2, 3, dim // 8)
-    prompt_decoder, mask_head = PromptDecoder(decoder, encoder), MaskHead(decoder, size)
-    full = FullDecoder(prompt_decoder, mask_head)
+    prompt_decoder, mask_head = PromptDecoder(decoder, encoder), MaskHead(decoder)
+    full = FullDecoder(prompt_decoder, mask_head, size)
     return {
         "prompt": (prompt_decoder, (points, labels, *cache.tensors()), prompt_shapes),
-        "masks": (mask_head, (src, hyper), [[-1, *src.shape[1:]], [-1, -1, hyper.shape[2]]]),
+        "masks": (mask_head, (src, hyper, torch.tensor(size)),
+                  [[-1, *src.shape[1:]], [-1, -1, hyper.shape[2]], [2]]),
         "full": (full, (points, labels, *cache.tensors()), prompt_shapes),
         # One prompt, no mask input (what `predict` runs): with the batch fixed to 1, OpenVINO
         # plans plain matrix products instead of broadcast batched ones, ~10 % faster.
@@ -154,9 +155,10 @@ class OpenVINODecoderRunner:
         name = "full1" if points.shape[0] == 1 and cache.keys.shape[0] == 1 else "full"
         return tuple(self._run(name, points, labels, cache, (True, True)))
 
-    def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    def masks(self, src: torch.Tensor, hyper: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
         # The inputs are read in place and the logits copied once, out of the reused buffer.
         out = self._request("masks").infer([src.float().contiguous().numpy(),
-                                            hyper.float().contiguous().numpy()],
+                                            hyper.float().contiguous().numpy(),
+                                            extent.to(torch.int64).numpy()],
                                            share_inputs=True, share_outputs=True)
         return torch.from_numpy(np.array(out[0]))

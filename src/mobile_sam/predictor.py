@@ -16,7 +16,7 @@ from .modeling import Sam
 from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, TorchDecoderRunner, decode_masks
 from .modeling.prompt_encoder import prompt_points
 from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
-from .transforms import ResizeLongestSide, mask_upscaler, prepare_image
+from .transforms import MaskUpscaler, ResizeLongestSide, mask_upscaler, prepare_image
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
@@ -180,7 +180,8 @@ class SamPredictor:
         return masks, iou, low_res
 
     def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
-                min_iou: float | None = None, half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                min_iou: float | None = None, half: bool = False,
+                extent: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
         model = self.model
         dtype = self.features.dtype
@@ -202,7 +203,7 @@ class SamPredictor:
             cache = self._decoder_cache
         if coords.shape[1] == 0:  # no point and no box: the compiled graphs need >= 1 point
             runner = TorchDecoderRunner(model.mask_decoder, model.prompt_encoder)
-        low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou)
+        low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou, extent)
         return low_res.float(), iou.float()
 
     def _decoder(self, half: bool = False) -> DecoderRunner:
@@ -254,7 +255,9 @@ class SamPredictor:
 
         points: N, 2 XY pixels of the current image. Returns low-res logits N, 3, 256, 256
         and IoU predictions N, 3 (float32 numpy). With `min_iou`, prompts none of whose masks
-        has a predicted IoU above it are not upscaled (their logits are zeros).
+        has a predicted IoU above it are not upscaled (their logits are zeros), and the
+        logits are only the top-left part that `upscale_logits` reads (N, 3, r, c): the rest
+        is padding.
         half_precision: decode in float16 where the CPU does so natively (see
         `mobile_sam.backends.make_decoder`); the generator's fast mode asks for it.
         """
@@ -265,25 +268,32 @@ class SamPredictor:
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
+        extent = None
+        if min_iou is not None:  # the generator only upscales: the padding's logits go unread
+            upscaler = self._upscaler()  # each embedding cell gives 4x4 low-res logits
+            extent = (-(-upscaler.row_stop // 4), -(-upscaler.col_stop // 4))
         parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou,
-                              half_precision) for i in range(0, len(coords_t), step)]
+                              half_precision, extent) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         return low_res.cpu().numpy(), iou.cpu().numpy()
 
     @torch.inference_mode()
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
-        """K, 256, 256 low-res logits -> K, H, W logits at the current image's size."""
+        """K, 256, 256 low-res logits (or the top-left part `predict_point_batch` returns)
+        -> K, H, W logits at the current image's size."""
         self._require_image()
         return np.asarray(self._upscale(np.asarray(low_res_logits, dtype=np.float32)))
+
+    def _upscaler(self) -> MaskUpscaler:
+        return mask_upscaler(4 * self.model.prompt_encoder.image_embedding_size[0],
+                             self.model.img_size, self.input_size, self.original_size)
 
     def _upscale(self, low_res: Any) -> Any:
         """Low-res logits (..., 256, 256) -> logits at the image size: one sparse pass on the
         CPU (`MaskUpscaler`), the model's two interpolations on other devices."""
         if self.device.type == "cpu" or isinstance(low_res, np.ndarray):
-            upscaler = mask_upscaler(4 * self.model.prompt_encoder.image_embedding_size[0],
-                                     self.model.img_size, self.input_size, self.original_size)
-            return upscaler(low_res)
+            return self._upscaler()(low_res)
         shape = low_res.shape
         masks = self.model.postprocess_masks(low_res.reshape(-1, 1, *shape[-2:]), self.input_size,
                                              self.original_size)

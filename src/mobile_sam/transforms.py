@@ -112,6 +112,9 @@ class MaskUpscaler:
     class applies the two maps (columns, then rows) as sparse matrices, without the 1024²
     intermediate: the same values up to float rounding, several times faster. Used by the
     torch predictor and the ONNX runtime alike.
+
+    Only low-res rows up to `row_stop` and columns up to `col_stop` are read (the rest is the
+    padding): the input may be that top-left part of the low-res logits or any larger one.
     """
 
     def __init__(self, low_size: int, padded_size: int, input_size: tuple[int, int],
@@ -123,6 +126,7 @@ class MaskUpscaler:
         col_idx, col_w = _composed_taps(low_size, padded_size, input_size[1], self.original_size[1])
         # Only the low-res rows that some output row reads take part in the column pass.
         self.row_start, self.row_stop = int(row_idx.min()), int(row_idx.max()) + 1
+        self.col_stop = int(col_idx.max()) + 1  # low-res columns from here on are never read
 
         def matrix(idx: np.ndarray, weights: np.ndarray, width: int):
             n = len(idx)
@@ -130,11 +134,15 @@ class MaskUpscaler:
                                      shape=(n, width))
 
         self.rows = matrix(row_idx - self.row_start, row_w, self.row_stop - self.row_start)  # H, r
-        self.cols = matrix(col_idx, col_w, low_size)  # W, low
+        self.cols = matrix(col_idx, col_w, self.col_stop)  # W, c
         self._row_blocks: dict[int, Any] = {}  # K -> K copies of `rows` on the diagonal
 
     def __call__(self, low_res: Any) -> Any:
-        """(..., low, low) logits (numpy or torch) -> (..., H, W) float32 logits, same type."""
+        """(..., r, c) low-res logits (numpy or torch; r >= row_stop, c >= col_stop, e.g.
+        low × low) -> (..., H, W) float32 logits, same type."""
+        if low_res.shape[-2] < self.row_stop or low_res.shape[-1] < self.col_stop:
+            raise ValueError(f"low-res logits of {tuple(low_res.shape[-2:])} pixels do not cover "
+                             f"the {self.row_stop} rows and {self.col_stop} columns upscaling reads")
         if isinstance(low_res, np.ndarray):
             return self._apply(low_res)
         import torch
@@ -156,7 +164,7 @@ class MaskUpscaler:
 
     def _apply_group(self, x: np.ndarray) -> np.ndarray:
         """(K, low, low) -> (K·H, W)."""
-        x = x[:, self.row_start:self.row_stop, :]
+        x = x[:, self.row_start:self.row_stop, :self.col_stop]
         k, r, low = x.shape
         x = np.ascontiguousarray(x.reshape(-1, low).T)  # low, K·r
         y = np.ascontiguousarray((self.cols @ x).T)  # column pass: K·r, W

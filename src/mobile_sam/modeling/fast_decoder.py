@@ -232,23 +232,26 @@ class PromptDecoder(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Upscaling and hypernetwork product: image tokens B,L,C and weights B,M,C/8 ->
-    low-res mask logits B,M,4h,4w.
+    """Upscaling and hypernetwork product: image tokens as a channels-last map B,h,w,C and
+    weights B,M,C/8 -> low-res mask logits B,M,4h,4w.
 
     A 2×2 stride-2 transposed convolution maps each pixel to its own 2×2 block, so it is one
     GEMM on channels-last tokens followed by a pixel shuffle; the shuffle is deferred to the
-    M output masks instead of the 32-64 channel maps.
+    M output masks instead of the 32-64 channel maps. Every pixel's output depends on that
+    pixel alone, so with `extent` (rows, columns: an int64 tensor of 2) only the top-left
+    part of the map is computed, giving that part of the logits B,M,4·rows,4·columns.
     """
 
-    def __init__(self, decoder: MaskDecoder, size: tuple[int, int]) -> None:
+    def __init__(self, decoder: MaskDecoder) -> None:
         super().__init__()
         self.upscaling = decoder.output_upscaling
-        self.size = tuple(size)
 
-    def forward(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, hyper: torch.Tensor,
+                extent: torch.Tensor | None = None) -> torch.Tensor:
         conv1, norm, _, conv2, _ = self.upscaling
-        b = src.shape[0]
-        h, w = self.size
+        if extent is not None:
+            src = src[:, :extent[0], :extent[1]]
+        b, h, w, _ = src.shape
         c1, c2 = conv1.out_channels, conv2.out_channels
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
         x = torch.addmm(conv1.bias.repeat(4), src.reshape(b * h * w, -1), w1)  # B·h·w, 2·2·c1
@@ -265,15 +268,17 @@ class FullDecoder(nn.Module):
     """`PromptDecoder` then `MaskHead` on all mask tokens: points, labels, *cache ->
     low-res logits B,4,4h,4w and IoU B,4 (one call when no prompt is skipped)."""
 
-    def __init__(self, prompt_decoder: PromptDecoder, mask_head: MaskHead) -> None:
+    def __init__(self, prompt_decoder: PromptDecoder, mask_head: MaskHead,
+                 size: tuple[int, int]) -> None:
         super().__init__()
         self.prompt_decoder = prompt_decoder
         self.mask_head = mask_head
+        self.size = tuple(size)  # h, w of the embedding grid
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, *cache: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         src, iou, hyper = self.prompt_decoder(points, labels, *cache)
-        return self.mask_head(src, hyper), iou
+        return self.mask_head(src.view(src.shape[0], *self.size, -1), hyper), iou
 
 
 class DecoderRunner(Protocol):
@@ -284,7 +289,8 @@ class DecoderRunner(Protocol):
     def prompt(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
-    def masks(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor: ...
+    def masks(self, src: torch.Tensor, hyper: torch.Tensor, extent: torch.Tensor
+              ) -> torch.Tensor: ...  # src B,h,w,C; extent: rows, columns (see MaskHead)
 
     def full(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
              ) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -294,28 +300,32 @@ class TorchDecoderRunner:
     """The decoder modules in eager torch."""
 
     def __init__(self, decoder: MaskDecoder, prompt_encoder: PromptEncoder) -> None:
-        self.full_decoder = FullDecoder(PromptDecoder(decoder, prompt_encoder),
-                                        MaskHead(decoder, prompt_encoder.image_embedding_size))
+        self.full_decoder = FullDecoder(PromptDecoder(decoder, prompt_encoder), MaskHead(decoder),
+                                        prompt_encoder.image_embedding_size)
 
     def prompt(self, points, labels, cache):
         return self.full_decoder.prompt_decoder(points, labels, *cache.tensors())
 
-    def masks(self, src, hyper):
-        return self.full_decoder.mask_head(src, hyper)
+    def masks(self, src, hyper, extent):
+        return self.full_decoder.mask_head(src, hyper, extent)
 
     def full(self, points, labels, cache):
         return self.full_decoder(points, labels, *cache.tensors())
 
 
 def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.Tensor,
-                 labels: torch.Tensor, multimask_output: bool,
-                 min_iou: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 labels: torch.Tensor, multimask_output: bool, min_iou: float | None = None,
+                 extent: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
 
     points, labels: from `prompt_points` (the cache holds the dense embedding).
     min_iou: skip the upscaling (a third of the per-prompt work) of prompts none of whose
     masks has a predicted IoU above it; their logits are returned as zeros. The automatic
     mask generator drops those masks anyway, so this is exact there.
+    extent: with `min_iou`, the rows and columns of the embedding grid whose logits are
+    needed (the image; the rest is padding that upscaling to the image never reads): the
+    logits returned are then the top-left B, M, 4·rows, 4·columns. A 4:3 photo needs 49 of
+    64 rows.
     """
     selected = slice(1, None) if multimask_output else slice(0, 1)
     if min_iou is None:
@@ -323,11 +333,14 @@ def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.
         return masks[:, selected], iou[:, selected]
     src, iou, hyper = runner.prompt(points, labels, cache)
     iou, hyper = iou[:, selected], hyper[:, selected].contiguous()
+    h, w = cache.size
+    rows, cols = extent or (h, w)
+    src = src.view(len(iou), h, w, -1)
+    extent_t = torch.tensor([rows, cols])
     needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
     if len(needed) == len(iou):
-        return runner.masks(src, hyper), iou
-    h, w = cache.size
-    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * h, 4 * w)
+        return runner.masks(src, hyper, extent_t), iou
+    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols)
     if len(needed):
-        masks[needed] = runner.masks(src[needed], hyper[needed]).to(masks.dtype)
+        masks[needed] = runner.masks(src[needed], hyper[needed], extent_t).to(masks.dtype)
     return masks, iou
