@@ -80,7 +80,8 @@ def _unpack_masks(packed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class _MaskData:
-    """Per-mask columns: numpy arrays with the mask on axis 0, plus a list of RLEs."""
+    """Per-mask columns: numpy arrays with the mask on axis 0, plus the masks themselves:
+    bit-packed ("packed") until a crop's NMS, then a list of RLEs ("rles")."""
 
     def __init__(self, **columns: Any) -> None:
         self.columns: dict[str, Any] = columns

@@ -163,10 +163,10 @@ class MaskUpscaler:
         return out.reshape(*lead, *size)
 
     def _apply_group(self, x: np.ndarray) -> np.ndarray:
-        """(K, low, low) -> (K·H, W)."""
+        """(K, r, c) low-res logits -> (K·H, W)."""
         x = x[:, self.row_start:self.row_stop, :self.col_stop]
-        k, r, low = x.shape
-        x = np.ascontiguousarray(x.reshape(-1, low).T)  # low, K·r
+        k, r, c = x.shape
+        x = np.ascontiguousarray(x.reshape(-1, c).T)  # c, K·r
         y = np.ascontiguousarray((self.cols @ x).T)  # column pass: K·r, W
         if k not in self._row_blocks:
             self._row_blocks[k] = _block_diagonal(self.rows, k)
