@@ -203,6 +203,13 @@ def test_half_precision_decoder_where_the_cpu_has_float16(fixture_model, photo):
         assert agree >= 0.98, agree
     else:
         np.testing.assert_array_equal(iou16, iou32)
+    # The generator's call: the prompt graph in that precision, the mask head always in fp32
+    # (float16 ran it slower).
+    p.predict_point_batch(points, min_iou=-1.0, half_precision=True)
+    compiled = p._decoder(True)._compiled
+    assert compiled["prompt"].get_property("INFERENCE_PRECISION_HINT") == \
+        (ov.Type.f16 if native else ov.Type.f32)
+    assert compiled["masks"].get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
 
 
 def test_weights_loaded_later_reach_the_exported_encoder(tiny_sam, rng, monkeypatch):
