@@ -119,9 +119,11 @@ class _MaskData:
         return _MaskData(**out)
 
 
-def _empty_data(**columns: Any) -> _MaskData:
+def _empty_data(crop_size: tuple[int, int]) -> _MaskData:
+    """No candidate masks of a crop of `crop_size` (h, w), in their packed form."""
+    h, w = crop_size
     return _MaskData(
-        **columns,
+        packed=np.zeros((0, -(-h * w // 8)), dtype=np.uint8),
         boxes=np.zeros((0, 4), dtype=np.int64),
         iou_preds=np.zeros(0, dtype=np.float32),
         points=np.zeros((0, 2), dtype=np.float64),
@@ -377,7 +379,7 @@ class SamAutomaticMaskGenerator:
         try:
             grid = self.point_grids[layer_idx]
             points_for_image = grid * np.array([[crop_w, crop_h]])
-            parts = [_empty_data(packed=_pack_masks(np.zeros((0, crop_h, crop_w), bool)))]
+            parts = [_empty_data((crop_h, crop_w))]
             if self.mode == "exact":
                 for start in range(0, len(points_for_image), self.points_per_batch):
                     points = points_for_image[start : start + self.points_per_batch]
@@ -443,7 +445,7 @@ class SamAutomaticMaskGenerator:
         threshold = float(self.predictor.mask_threshold)
         crop_h, crop_w = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
         chunk = max(1, _MAX_UPSCALED_ELEMENTS // max(1, crop_h * crop_w))
-        parts = [_empty_data(packed=_pack_masks(np.zeros((0, crop_h, crop_w), bool)))]
+        parts = [_empty_data((crop_h, crop_w))]
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
             logits = np.asarray(self.predictor.upscale_logits(low_res[idx]))
