@@ -73,6 +73,56 @@ def run_isolated(target: Callable[..., dict], *args: object) -> dict:
     return result
 
 
+class Worker:
+    """One benchmark path set up in its own process, then timed call by call on request.
+
+    Several workers are alive at once and the caller alternates between them, so calls of
+    different paths run seconds apart (the machine's speed drifts over tens of seconds), while
+    each path keeps its own process (its own peak RSS, no other path's thread pools).
+    `factory(*args)` runs in the child and returns an object with `timed()` (run the measured
+    work once, return its seconds) and `result()` (a JSON-able dict, sent at `finish`).
+    """
+
+    def __init__(self, factory: Callable[..., object], *args: object) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_worker_main, args=(factory, args, child))
+        self._proc.start()
+        child.close()
+        self._receive()  # set up (exports, compilation, warm-up) before any timing
+
+    def timed(self) -> float:
+        self._conn.send("timed")
+        return self._receive()
+
+    def finish(self) -> dict:
+        """The job's result with the process's peak RSS; the process then exits."""
+        self._conn.send("finish")
+        result = self._receive()
+        self._proc.join()
+        return result
+
+    def _receive(self):
+        kind, value = self._conn.recv()
+        if kind == "error":
+            self._proc.join()
+            raise RuntimeError(value)
+        return value
+
+
+def _worker_main(factory: Callable[..., object], args: tuple, conn) -> None:
+    try:
+        job = factory(*args)
+        conn.send(("ok", None))
+        while conn.recv() == "timed":
+            conn.send(("ok", job.timed()))
+        result = job.result()
+        result["peak_rss_mb"] = peak_rss_mb()
+        conn.send(("ok", result))
+    except BaseException as exc:  # report, don't hang the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731

@@ -1,6 +1,6 @@
 """The fast paths against the plain eager path, side by side in one run.
 
-    python benchmarks/bench_speed.py [--threads 2] [--rounds 5] [--repeats 3] [--crops | --only-crops] [--quick]
+    python benchmarks/bench_speed.py [--threads 2] [--rounds 15] [--crops | --only-crops] [--quick]
 
 "eager" stands in for the original code: the same operations as the original MobileSAM
 (torch eager encoder with the original's layouts and its stage 0 computed whole rather than
@@ -8,10 +8,12 @@ by groups, see `_as_original`; the mask decoder module on one copy of the embedd
 prompt; every mask upsampled to 1024² and then to the image size; the automatic generator
 upsampling every candidate mask before filtering).
 
-set_image and predict: every path runs in its own process (its peak RSS is its own), and the
-processes are interleaved round after round, so that the drifts of a shared machine (seen
-here: the same call 20 % slower for minutes at a time) hit every path alike; the speed-up is
-the median over rounds of each round's ratio to eager (the range in brackets).
+set_image and predict: every path is set up in its own worker process (its peak RSS is its
+own), all alive at once; then, round after round, each worker makes one call in turn (the
+order rotating each round, a short pause between calls). The machine's speed drifts within
+tens of seconds (seen here: per-round ratios from x1.9 to x3.8 when rounds were whole
+processes), so each round's ratio compares calls seconds apart; the speed-up is the median
+of the per-round ratios to eager (the interquartile range in brackets).
 Segment-everything: each path in its own process (minutes per run), timed once.
 Agreement: masks of the fast path against the eager path (IoU), and for the automatic
 generator the share of eager masks matched one-to-one at IoU >= 0.9.
@@ -25,9 +27,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, run_isolated, table  # noqa: E402
+from _common import FIXTURE_CHECKPOINT, REFERENCE, Worker, machine, run_isolated, table  # noqa: E402
 
 POINTS = [[320.0, 240.0], [100.0, 400.0], [500.0, 120.0], [250.0, 60.0], [600.0, 450.0]]
+PAUSE = 0.2  # seconds between two timed calls (of different workers)
 
 
 def _photo():
@@ -168,29 +171,38 @@ def _predictor(kind: str, model):
     return SamPredictor(model, backend=backend, precision=precision or "fp32")
 
 
-def path_job(what: str, kind: str, threads: int, repeats: int) -> dict:
-    """One path alone in a process: `repeats` timings of `what` ("set_image", or "predict" as
-    blocks of 8 calls), the masks of the 5 points, and (added by run_isolated) peak RSS."""
-    import time
+class PathJob:
+    """One path of set_image or predict, set up in a worker process (see `_common.Worker`):
+    `timed()` runs one set_image, or 8 predict calls, and returns seconds per call; `result()`
+    gives the masks of the 5 points."""
 
-    import numpy as np
+    def __init__(self, what: str, kind: str, threads: int) -> None:
+        import numpy as np
 
-    model, photo = _model(threads), _photo()
-    p = _predictor(kind, model)
-    point, label = np.array([POINTS[0]]), np.array([1])
-    p.set_image(photo)  # export / compile once, outside the timing
-    p.predict(point, label)
-    seconds = []
-    for _ in range(repeats):
+        self.what, self.photo = what, _photo()
+        self.predictor = _predictor(kind, _model(threads))
+        self.point, self.label = np.array([POINTS[0]]), np.array([1])
+        self.predictor.set_image(self.photo)  # export / compile once, outside the timing
+        self.predictor.predict(self.point, self.label)
+        self.timed()  # warm-up
+
+    def timed(self) -> float:
+        import time
+
         start = time.perf_counter()
-        if what == "set_image":
-            p.set_image(photo)
-        else:
-            for _ in range(8):
-                p.predict(point, label)
-        seconds.append((time.perf_counter() - start) / (1 if what == "set_image" else 8))
-    masks = [np.packbits(p.predict(np.array([q]), np.array([1]))[0]).tolist() for q in POINTS]
-    return {"seconds": seconds, "masks": masks}
+        if self.what == "set_image":
+            self.predictor.set_image(self.photo)
+            return time.perf_counter() - start
+        for _ in range(8):
+            self.predictor.predict(self.point, self.label)
+        return (time.perf_counter() - start) / 8
+
+    def result(self) -> dict:
+        import numpy as np
+
+        masks = [np.packbits(self.predictor.predict(np.array([q]), np.array([1]))[0]).tolist()
+                 for q in POINTS]
+        return {"masks": masks}
 
 
 # The golden fixture's generator thresholds: with its random weights, the original defaults
@@ -253,9 +265,8 @@ def _matched_share(reference, candidate) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved rounds of set_image and predict processes")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per process")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="rounds of set_image and predict: one call of each path per round")
     parser.add_argument("--crops", action="store_true", help="also everything with crop_n_layers=1")
     parser.add_argument("--quick", action="store_true", help="skip segment-everything")
     parser.add_argument("--only-crops", action="store_true",
@@ -334,10 +345,12 @@ def arithmetic_floor_text(floor: dict, eager_seconds: float) -> str:
 
 
 def simple_paths(args, rows: list, shape3) -> float:
-    """set_image and predict: eager against each fast path. Each path runs in its own process
-    (its own peak RSS, no other thread pools about); the processes are interleaved, round after
-    round, and each round's ratio compares runs minutes apart at most. Returns eager's median
-    set_image seconds."""
+    """set_image and predict: eager against each fast path. Each path is set up once in its
+    own worker process (its own peak RSS, no other thread pools about); then, round after
+    round, each worker runs one call in turn (the order rotating), so each round's ratio
+    compares calls seconds apart. Returns eager's median set_image seconds."""
+    import time
+
     import numpy as np
 
     from mobile_sam.backends import installed
@@ -348,27 +361,28 @@ def simple_paths(args, rows: list, shape3) -> float:
         ("set_image", "set_image 640x480", ["eager"] + encoders),
         ("predict", "predict 1 point, multimask", ["eager", "auto", "torch"]),
     ]:
-        for kind in kinds[1:]:  # one-time exports and conversions, cached on disk: not measured
-            run_isolated(path_job, what, kind, args.threads, 0)
-        runs = {kind: [] for kind in kinds}
-        for _ in range(args.rounds):
-            for kind in kinds:
-                runs[kind].append(run_isolated(path_job, what, kind, args.threads, args.repeats))
-        medians = {kind: np.array([np.median(r["seconds"]) for r in rs]) for kind, rs in runs.items()}
+        workers = {kind: Worker(PathJob, what, kind, args.threads) for kind in kinds}
+        seconds = {kind: [] for kind in kinds}
+        for r in range(args.rounds):
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                time.sleep(PAUSE)  # the previous worker's threads stop spinning
+                seconds[kind].append(workers[kind].timed())
+        results = {kind: w.finish() for kind, w in workers.items()}
+        seconds = {kind: np.array(s) for kind, s in seconds.items()}
         if what == "set_image":
-            eager_set_image = float(np.median(medians["eager"]))
-        ref = _unpack(runs["eager"][0]["masks"], shape3)
+            eager_set_image = float(np.median(seconds["eager"]))
+        ref = _unpack(results["eager"]["masks"], shape3)
         for kind in kinds:
-            rss = max(r["peak_rss_mb"] for r in runs[kind])
+            rss = results[kind]["peak_rss_mb"]
             if kind == "eager":
                 agreement, name = "-", "eager (original ops)"
             else:
-                ious = [_mask_iou(a, b) for a, b in zip(ref, _unpack(runs[kind][0]["masks"], shape3))]
+                ious = [_mask_iou(a, b) for a, b in zip(ref, _unpack(results[kind]["masks"], shape3))]
                 agreement = f"mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}"
                 name = kind if what == "set_image" else f"SamPredictor, backend {kind}"
-            ratios = medians["eager"] / medians[kind]
-            spread = f" ({ratios.min():.2f}-{ratios.max():.2f})" if kind != "eager" else ""
-            rows.append([label, name, f"{np.median(medians[kind]) * 1000:.0f} ms",
+            ratios = seconds["eager"] / seconds[kind]
+            spread = f" ({np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f})" if kind != "eager" else ""
+            rows.append([label, name, f"{np.median(seconds[kind]) * 1000:.0f} ms",
                          f"x{np.median(ratios):.2f}{spread}", f"{rss:.0f} MB", agreement])
     return eager_set_image
 
