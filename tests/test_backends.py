@@ -135,6 +135,26 @@ def test_encoder_buffers_are_released_once_prompting_starts(tiny_sam, rng):
     assert released == [1, 1]
 
 
+def test_openvino_release_returns_the_free_heap(tiny_sam, rng, monkeypatch):
+    """OpenVINO's released buffers go back to the system (glibc's malloc_trim), or they stay
+    resident under the next image's."""
+    import platform
+
+    from mobile_sam import backends
+
+    if not backends.installed("openvino"):
+        pytest.skip("openvino is not installed")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert backends._malloc_trim() is not None
+    trims = []
+    monkeypatch.setattr(backends, "return_free_heap", lambda: trims.append(1))
+    p = SamPredictor(tiny_sam, backend="openvino")
+    p.set_image(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert trims == []
+    p.predict(np.array([[10.0, 10.0]]), np.array([1]))
+    assert trims == [1]
+
+
 @pytest.mark.slow
 def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
     """The opt-in reduced-precision encoder keeps masks close to fp32 (mean IoU >= 0.95)."""
