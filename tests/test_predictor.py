@@ -210,3 +210,6 @@ def test_min_iou_skips_only_prompts_that_would_be_dropped(fixture_predictor):
                                p.upscale_logits(low_all[kept].reshape(-1, 256, 256)), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="do not cover"):
         p.upscale_logits(low[kept].reshape(-1, rows, 256)[:, :-4])
+    # Every prompt kept (each batch written whole into the output array).
+    low_every, _ = p.predict_point_batch(pts, min_iou=float(iou_all.min()) - 1.0)
+    np.testing.assert_allclose(low_every, low_all[..., :rows, :], atol=1e-3, rtol=0)

@@ -181,7 +181,8 @@ class SamPredictor:
 
     def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
                 min_iou: float | None = None, half: bool = False,
-                extent: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                extent: tuple[int, int] | None = None, out: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
         model = self.model
         dtype = self.features.dtype
@@ -203,7 +204,8 @@ class SamPredictor:
             cache = self._decoder_cache
         if coords.shape[1] == 0:  # no point and no box: the compiled graphs need >= 1 point
             runner = TorchDecoderRunner(model.mask_decoder, model.prompt_encoder)
-        low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou, extent)
+        low_res, iou = decode_masks(runner, cache, coords, labels, multimask_output, min_iou,
+                                    extent, out)
         return low_res.float(), iou.float()
 
     def _decoder(self, half: bool = False) -> DecoderRunner:
@@ -268,15 +270,36 @@ class SamPredictor:
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
+        if min_iou is not None and self.device.type == "cpu":
+            return self._decode_kept_points(coords_t, labels_t, step, min_iou, half_precision)
         extent = None
         if min_iou is not None:  # the generator only upscales: the padding's logits go unread
-            upscaler = self._upscaler()  # each embedding cell gives 4x4 low-res logits
-            extent = (-(-upscaler.row_stop // 4), -(-upscaler.col_stop // 4))
+            extent = self._logits_extent()
         parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou,
                               half_precision, extent) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         return low_res.cpu().numpy(), iou.cpu().numpy()
+
+    def _logits_extent(self) -> tuple[int, int]:
+        """Rows and columns of the embedding grid that upscaling to the image reads (each cell
+        gives 4x4 low-res logits)."""
+        upscaler = self._upscaler()
+        return -(-upscaler.row_stop // 4), -(-upscaler.col_stop // 4)
+
+    def _decode_kept_points(self, coords: torch.Tensor, labels: torch.Tensor, step: int,
+                            min_iou: float, half: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_point_batch` with `min_iou` on a CPU: the logits of every batch are written
+        into one `numpy.zeros` array, whose pages for the skipped prompts are never touched."""
+        rows, cols = self._logits_extent()
+        low_res = np.zeros((len(coords), 3, 4 * rows, 4 * cols), np.float32)
+        iou = np.zeros((len(coords), 3), np.float32)
+        for i in range(0, len(coords), step):
+            out = torch.from_numpy(low_res[i:i + step])
+            _, part_iou = self._decode(coords[i:i + step], labels[i:i + step], None, None, True,
+                                       min_iou, half, (rows, cols), out)
+            iou[i:i + step] = part_iou.numpy()
+        return low_res, iou
 
     @torch.inference_mode()
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:

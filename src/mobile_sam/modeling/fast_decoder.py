@@ -315,7 +315,8 @@ class TorchDecoderRunner:
 
 def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.Tensor,
                  labels: torch.Tensor, multimask_output: bool, min_iou: float | None = None,
-                 extent: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 extent: tuple[int, int] | None = None, out: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
 
     points, labels: from `prompt_points` (the cache holds the dense embedding).
@@ -326,6 +327,9 @@ def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.
     needed (the image; the rest is padding that upscaling to the image never reads): the
     logits returned are then the top-left B, M, 4·rows, 4·columns. A 4:3 photo needs 49 of
     64 rows.
+    out: with `min_iou`, a zero tensor of that shape to write the kept prompts' logits into
+    and return. Zeros from `numpy.zeros` are pages the system has not handed out yet: the
+    skipped prompts' logits then cost neither time nor memory (most prompts, in the generator).
     """
     selected = slice(1, None) if multimask_output else slice(0, 1)
     if min_iou is None:
@@ -338,9 +342,11 @@ def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.
     src = src.view(len(iou), h, w, -1)
     extent_t = torch.tensor([rows, cols])
     needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
-    if len(needed) == len(iou):
+    if len(needed) == len(iou) and out is None:
         return runner.masks(src, hyper, extent_t), iou
-    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols)
-    if len(needed):
+    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols) if out is None else out
+    if len(needed) == len(iou):
+        masks[:] = runner.masks(src, hyper, extent_t)
+    elif len(needed):
         masks[needed] = runner.masks(src[needed], hyper[needed], extent_t).to(masks.dtype)
     return masks, iou
