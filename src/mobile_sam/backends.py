@@ -52,10 +52,10 @@ class Encoder:
     """The image encoder on a backend: 1x3xSxS float32 numpy -> 1xCxhxw embedding tensor.
 
     `release_memory()` gives back the backend's work buffers until the next call (OpenVINO
-    holds ~180 MB in fp32 at 1024² between calls, and the C heap keeps them resident unless
-    trimmed; the other backends hold nothing). Giving them
-    back costs the next call ~10 % (fresh pages), so the predictor does it only once an image's
-    prompts start, not between images encoded back to back.
+    holds ~180 MB in fp32 at 1024² between calls, which stay resident unless the C heap is
+    trimmed too; the other backends hold nothing). Giving them back costs the next call ~10 %
+    (fresh pages), so the predictor does it only once an image's prompts start, not between
+    images encoded back to back.
     """
 
     def __init__(self, run: Callable[[np.ndarray], torch.Tensor],
