@@ -270,35 +270,28 @@ class SamPredictor:
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
-        if min_iou is not None and self.device.type == "cpu":
+        if min_iou is not None:
             return self._decode_kept_points(coords_t, labels_t, step, min_iou, half_precision)
-        extent = None
-        if min_iou is not None:  # the generator only upscales: the padding's logits go unread
-            extent = self._logits_extent()
-        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, min_iou,
-                              half_precision, extent) for i in range(0, len(coords_t), step)]
+        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, None,
+                              half_precision) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         return low_res.cpu().numpy(), iou.cpu().numpy()
 
-    def _logits_extent(self) -> tuple[int, int]:
-        """Rows and columns of the embedding grid that upscaling to the image reads (each cell
-        gives 4x4 low-res logits)."""
-        upscaler = self._upscaler()
-        return -(-upscaler.row_stop // 4), -(-upscaler.col_stop // 4)
-
     def _decode_kept_points(self, coords: torch.Tensor, labels: torch.Tensor, step: int,
                             min_iou: float, half: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`predict_point_batch` with `min_iou` on a CPU: the logits of every batch are written
-        into one `numpy.zeros` array, whose pages for the skipped prompts are never touched."""
-        rows, cols = self._logits_extent()
+        """`predict_point_batch` with `min_iou`: the generator only upscales, so only the
+        logits that upscaling reads are computed, and those of every batch are written into
+        one `numpy.zeros` array, whose pages for the skipped prompts are never touched."""
+        upscaler = self._upscaler()  # the embedding cells it reads: each gives 4x4 logits
+        rows, cols = -(-upscaler.row_stop // 4), -(-upscaler.col_stop // 4)
         low_res = np.zeros((len(coords), 3, 4 * rows, 4 * cols), np.float32)
         iou = np.zeros((len(coords), 3), np.float32)
         for i in range(0, len(coords), step):
             out = torch.from_numpy(low_res[i:i + step])
             _, part_iou = self._decode(coords[i:i + step], labels[i:i + step], None, None, True,
                                        min_iou, half, (rows, cols), out)
-            iou[i:i + step] = part_iou.numpy()
+            iou[i:i + step] = part_iou.cpu().numpy()
         return low_res, iou
 
     @torch.inference_mode()

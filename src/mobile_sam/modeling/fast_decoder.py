@@ -327,8 +327,8 @@ def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.
     needed (the image; the rest is padding that upscaling to the image never reads): the
     logits returned are then the top-left B, M, 4·rows, 4·columns. A 4:3 photo needs 49 of
     64 rows.
-    out: with `min_iou`, a zero tensor of that shape to write the kept prompts' logits into
-    and return. Zeros from `numpy.zeros` are pages the system has not handed out yet: the
+    out: with `min_iou`, a zero tensor of that shape (on any device) to write the kept
+    prompts' logits into and return. Zeros from `numpy.zeros` are pages the system has not handed out yet: the
     skipped prompts' logits then cost neither time nor memory (most prompts, in the generator).
     """
     selected = slice(1, None) if multimask_output else slice(0, 1)
@@ -342,11 +342,12 @@ def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.
     src = src.view(len(iou), h, w, -1)
     extent_t = torch.tensor([rows, cols])
     needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
-    if len(needed) == len(iou) and out is None:
-        return runner.masks(src, hyper, extent_t), iou
-    masks = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols) if out is None else out
+    if out is None:
+        if len(needed) == len(iou):
+            return runner.masks(src, hyper, extent_t), iou
+        out = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols)
     if len(needed) == len(iou):
-        masks[:] = runner.masks(src, hyper, extent_t)
+        out[:] = runner.masks(src, hyper, extent_t)
     elif len(needed):
-        masks[needed] = runner.masks(src[needed], hyper[needed], extent_t).to(masks.dtype)
-    return masks, iou
+        out[needed.to(out.device)] = runner.masks(src[needed], hyper[needed], extent_t).to(out)
+    return out, iou
