@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from mobile_sam import CheckpointError, build_sam, sam_model_registry
-from mobile_sam.build import VARIANTS, detect_variant, load_state_dict_file
+from mobile_sam import CheckpointError, sam_model_registry
+from mobile_sam.build import VARIANTS, build_sam, detect_variant, load_state_dict_file
 
 
 @pytest.mark.parametrize("variant", ["vit_t", "vit_b", "vit_l", "vit_h"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Union
 
@@ -15,6 +15,7 @@ import torch
 
 from .modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT, TinyViTConfig,
                        TwoWayTransformer, ViTConfig)
+from .modeling.vit import vit_kwargs
 
 EncoderConfig = Union[TinyViTConfig, ViTConfig]
 
@@ -60,16 +61,20 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike | None = No
                 f"{config.name!r}; use sam_model_registry[{held!r}] (or --model {held})"
             )
     enc = config.encoder
-    image_encoder = TinyViT(enc) if isinstance(enc, TinyViTConfig) else ImageEncoderViT(enc)
+    image_encoder = (TinyViT(**asdict(enc)) if isinstance(enc, TinyViTConfig)
+                     else ImageEncoderViT(**vit_kwargs(enc)))
     size = config.embedding_size
+    dim = config.prompt_embed_dim
     model = Sam(
         image_encoder=image_encoder,
-        prompt_encoder=PromptEncoder(config.prompt_embed_dim, (size, size),
-                                     (config.image_size, config.image_size)),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size, size),
+                                     input_image_size=(config.image_size, config.image_size),
+                                     mask_in_chans=16),
         mask_decoder=MaskDecoder(
-            config.prompt_embed_dim,
-            TwoWayTransformer(config.decoder_depth, config.prompt_embed_dim, config.decoder_heads,
-                              config.decoder_mlp_dim),
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=dim,
+                                          num_heads=config.decoder_heads,
+                                          mlp_dim=config.decoder_mlp_dim),
         ),
     )
     model.config = config
@@ -124,14 +129,21 @@ build_sam_vit_b.__doc__ = "SAM ViT-B. Returns the model in eval mode."
 build_sam_vit_l.__doc__ = "SAM ViT-L. Returns the model in eval mode."
 build_sam_vit_h.__doc__ = "SAM ViT-H. Returns the model in eval mode."
 
+class _Registry(dict):
+    """A dict whose unknown keys raise a KeyError naming the known ones."""
+
+    def __missing__(self, key: object) -> Callable[..., Sam]:
+        raise KeyError(f"unknown model type {key!r}; known model types: {', '.join(self)}")
+
+
 # `default` is ViT-H as in the original; a MobileSAM file given to it is refused by name.
-sam_model_registry: dict[str, Callable[..., Sam]] = {
+sam_model_registry: dict[str, Callable[..., Sam]] = _Registry({
     "default": build_sam_vit_h,
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
     "vit_t": build_sam_vit_t,
-}
+})
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
