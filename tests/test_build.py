@@ -81,11 +81,14 @@ def test_truncated_file(tmp_path, fixture_checkpoint):
         sam_model_registry["vit_t"](checkpoint=path)
 
 
-def test_not_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("text", ["hello, not a checkpoint\n", "not an image\n"])
+def test_not_a_checkpoint(tmp_path, text):
     path = tmp_path / "notes.txt"
-    path.write_text("hello, not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="notes.txt is not a readable PyTorch checkpoint"):
+    path.write_text(text)
+    with pytest.raises(CheckpointError,
+                       match="notes.txt is not a readable PyTorch checkpoint") as info:
         load_state_dict_file(path)
+    assert "weights_only" not in str(info.value)  # torch's advice to load the file unsafely
 
 
 class Evil:
@@ -258,7 +261,8 @@ def test_training_output_that_does_not_fit_its_config(tmp_path):
     del state["mask_decoder.iou_token.weight"]
     path = tmp_path / "student.pt"
     torch.save({"config": config_to_dict(tiny_sam_config()), "model": state}, path)
-    with pytest.raises(CheckpointError, match=rf"^{path} does not fit model 'tiny': 1 missing keys"):
+    with pytest.raises(CheckpointError,
+                       match=rf"^{path} does not fit model 'tiny': 1 missing keys"):
         load_sam(path)
 
 

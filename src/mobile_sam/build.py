@@ -283,22 +283,24 @@ def safe_load(path: str | os.PathLike) -> object:
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
-    """The error for a file torch.load refused. torch's own message for pickled objects
-    suggests loading with weights_only=False, i.e. running the file's code: never repeated."""
+    """The error for a file torch.load refused. torch's own message advises loading with
+    weights_only=False, i.e. running whatever code the file holds: that is never repeated."""
     text = str(exc)
-    if "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        example = f" (e.g. {found.group(1)})" if found else ""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
         return CheckpointError(
             f"{path} is not a plain weights file: besides tensors it holds pickled Python "
-            f"objects{example}, which are never loaded because unpickling them can run "
-            "arbitrary code. Save the weights alone, e.g. torch.save(model.state_dict(), path), "
-            "or as .safetensors"
+            f"objects (e.g. {found.group(1)}), which are never loaded because unpickling them "
+            "can run arbitrary code. Save the weights alone, e.g. "
+            "torch.save(model.state_dict(), path), or as .safetensors"
         )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
+    if not reason.strip() or "weights_only" in reason:
+        reason = type(exc).__name__
     return CheckpointError(
         f"{path} is not a readable PyTorch checkpoint (truncated, corrupt, or not a "
-        f"checkpoint; only plain tensors are accepted): {first_line}"
+        f"checkpoint; only plain tensors are accepted): {reason.strip()}"
     )
 
 
