@@ -99,7 +99,7 @@ def _dataclass_from(cls: type, values: Mapping[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike | None = None) -> Sam:
+def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None = None) -> Sam:
     """Build a model in eval mode, optionally loading a checkpoint strictly."""
     if isinstance(config, str):
         config = get_config(config)
@@ -125,13 +125,13 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike | None = No
                                           mlp_dim=config.decoder_mlp_dim),
         ),
     )
-    model.config = config
+    model.config = config  # type: ignore[assignment]  # read by training and export
     if loaded is not None:
         loaded.load_into(model, config.name)
     return model.eval()
 
 
-def load_sam(checkpoint: str | os.PathLike, variant: str | None = None) -> Sam:
+def load_sam(checkpoint: str | os.PathLike[str], variant: str | None = None) -> Sam:
     """Build the model a checkpoint file holds and load it strictly (eval mode, CPU).
 
     Official files are identified by their keys, training outputs by their stored config
@@ -165,19 +165,19 @@ def get_config(name: str) -> SamConfig:
     return VARIANTS[name]
 
 
-def build_sam_vit_t(checkpoint: str | os.PathLike | None = None) -> Sam:
+def build_sam_vit_t(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
     return build_sam("vit_t", checkpoint)
 
 
-def build_sam_vit_b(checkpoint: str | os.PathLike | None = None) -> Sam:
+def build_sam_vit_b(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
     return build_sam("vit_b", checkpoint)
 
 
-def build_sam_vit_l(checkpoint: str | os.PathLike | None = None) -> Sam:
+def build_sam_vit_l(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
     return build_sam("vit_l", checkpoint)
 
 
-def build_sam_vit_h(checkpoint: str | os.PathLike | None = None) -> Sam:
+def build_sam_vit_h(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
     return build_sam("vit_h", checkpoint)
 
 
@@ -186,7 +186,7 @@ build_sam_vit_b.__doc__ = "SAM ViT-B. Returns the model in eval mode."
 build_sam_vit_l.__doc__ = "SAM ViT-L. Returns the model in eval mode."
 build_sam_vit_h.__doc__ = "SAM ViT-H. Returns the model in eval mode."
 
-class _Registry(dict):
+class _Registry(dict[str, Callable[..., Sam]]):
     """A dict whose unknown keys raise a KeyError naming the known ones."""
 
     def __missing__(self, key: object) -> Callable[..., Sam]:
@@ -234,7 +234,7 @@ class Checkpoint:
         model.load_state_dict(self.state_dict, strict=True)
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read any checkpoint file (see the module docstring) safely onto the CPU and identify
     the model it holds, without building it.
 
@@ -257,7 +257,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, state_dict, VARIANTS[variant] if variant is not None else None)
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely onto the CPU and return its state dict.
 
     Accepts a bare state dict, or a dict holding it under `model` or `state_dict`, with or
@@ -268,7 +268,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(safe_load(path), path)
 
 
-def safe_load(path: str | os.PathLike) -> object:
+def safe_load(path: str | os.PathLike[str]) -> object:
     """The object a checkpoint file holds, read onto the CPU without running pickled code:
     tensors, containers and numbers only (`weights_only=True`, or safetensors).
 

@@ -218,12 +218,14 @@ def generate_crop_boxes(
 def uncrop_boxes_xyxy(boxes: np.ndarray, crop_box: Sequence[int]) -> np.ndarray:
     """Shift (..., 4) XYXY boxes from crop coordinates to image coordinates."""
     x0, y0 = crop_box[0], crop_box[1]
-    return np.asarray(boxes) + np.asarray([x0, y0, x0, y0])
+    out: np.ndarray = np.asarray(boxes) + np.asarray([x0, y0, x0, y0])
+    return out
 
 
 def uncrop_points(points: np.ndarray, crop_box: Sequence[int]) -> np.ndarray:
     """Shift (..., 2) XY points from crop coordinates to image coordinates."""
-    return np.asarray(points) + np.asarray([crop_box[0], crop_box[1]])
+    out: np.ndarray = np.asarray(points) + np.asarray([crop_box[0], crop_box[1]])
+    return out
 
 
 def uncrop_masks(
@@ -252,7 +254,8 @@ def is_box_near_crop_edge(
     tol = np.float32(atol)
     near_crop = np.abs(full - crop) <= tol
     near_image = np.abs(full - orig) <= tol
-    return np.any(near_crop & ~near_image, axis=1)
+    near: np.ndarray = np.any(near_crop & ~near_image, axis=1)
+    return near
 
 
 # --------------------------------------------------------------------------- boxes and scores
@@ -269,7 +272,8 @@ def box_xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
 def box_area(boxes: np.ndarray) -> np.ndarray:
     """(N,) areas (x1 − x0)·(y1 − y0) of (N, 4) XYXY boxes, in their dtype."""
     boxes = np.asarray(boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    areas: np.ndarray = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return areas
 
 
 def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -282,7 +286,8 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]
     union = box_area(b1)[:, None] + box_area(b2)[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / union
+        iou: np.ndarray = inter / union
+    return iou
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -331,14 +336,14 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
         return np.zeros((*lead, 4), dtype=np.int64)
     h, w = masks.shape[-2:]
     masks = masks.reshape(-1, h, w)
-    rows = masks.any(axis=2)  # N, H
-    cols = masks.any(axis=1)  # N, W
+    rows = np.any(masks, axis=2)  # N, H
+    cols = np.any(masks, axis=1)  # N, W
     top = rows.argmax(axis=1)
     bottom = h - 1 - rows[:, ::-1].argmax(axis=1)
     left = cols.argmax(axis=1)
     right = w - 1 - cols[:, ::-1].argmax(axis=1)
     out = np.stack([left, top, right, bottom], axis=1).astype(np.int64)
-    out[~rows.any(axis=1)] = 0
+    out[~np.any(rows, axis=1)] = 0
     return out.reshape(*lead, 4)
 
 
@@ -418,7 +423,8 @@ def rle_to_mask(rle: RLE) -> np.ndarray:
         raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {h}*{w}={h * w}")
     values = np.arange(len(counts)) % 2 == 1
     flat = np.repeat(values, counts)
-    return flat.reshape(w, h).T
+    mask: np.ndarray = flat.reshape(w, h).T
+    return mask
 
 
 def area_from_rle(rle: RLE) -> int:

@@ -38,7 +38,7 @@ class ResizeLongestSide:
         """H, W, 3 uint8 -> h', w', 3 uint8 with the longest side at target_length."""
         new_h, new_w = get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
         # A writable array, as the original returns: callers wrap it with torch.as_tensor.
-        return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        return np.array(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
     def _scale_coords(self, coords: Any, original_size: tuple[int, int]) -> Any:
         old_h, old_w = original_size
@@ -50,7 +50,8 @@ class ResizeLongestSide:
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """(..., 2) XY pixels of the original image -> the same points in the resized frame."""
-        return self._scale_coords(np.asarray(coords), original_size)
+        scaled: np.ndarray = self._scale_coords(np.asarray(coords), original_size)
+        return scaled
 
     def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """(..., 4) XYXY boxes -> (N, 4) in the resized frame."""
@@ -144,7 +145,7 @@ class MaskUpscaler:
         self.row_start, self.row_stop = int(row_idx.min()), int(row_idx.max()) + 1
         self.col_stop = int(col_idx.max()) + 1  # low-res columns from here on are never read
 
-        def matrix(idx: np.ndarray, weights: np.ndarray, width: int):
+        def matrix(idx: np.ndarray, weights: np.ndarray, width: int) -> Any:
             n = len(idx)
             return sparse.csr_matrix((weights.ravel(), idx.ravel(), np.arange(0, 4 * n + 1, 4)),
                                      shape=(n, width))
@@ -186,7 +187,8 @@ class MaskUpscaler:
         y = np.ascontiguousarray((self.cols @ x).T)  # column pass: K·r, W
         if k not in self._row_blocks:
             self._row_blocks[k] = _block_diagonal(self.rows, k)
-        return self._row_blocks[k] @ y  # row pass, the K masks in one product: K·H, W
+        out: np.ndarray = self._row_blocks[k] @ y  # row pass, the K masks in one product: K·H, W
+        return out
 
 
 # Masks upscaled per pass: their intermediates stay in the CPU caches. Measured on 109
@@ -194,7 +196,7 @@ class MaskUpscaler:
 _UPSCALE_GROUP = 4
 
 
-def _block_diagonal(matrix, k: int):
+def _block_diagonal(matrix: Any, k: int) -> Any:
     """The CSR matrix with `k` copies of `matrix` on its diagonal: one sparse product then
     applies it to k stacked blocks (a quarter faster than k products for 3 masks). Built from
     the CSR arrays directly: `scipy.sparse.block_diag` gives the same matrix 6× slower (0.6 ms,
@@ -213,7 +215,9 @@ def _block_diagonal(matrix, k: int):
 def mask_upscaler(low_size: int, padded_size: int, input_size: tuple[int, int],
                   original_size: tuple[int, int]) -> MaskUpscaler:
     """A `MaskUpscaler`, reused for repeated sizes (one per image, or per crop)."""
-    return MaskUpscaler(low_size, padded_size, tuple(input_size), tuple(original_size))
+    h, w = input_size
+    out_h, out_w = original_size
+    return MaskUpscaler(low_size, padded_size, (int(h), int(w)), (int(out_h), int(out_w)))
 
 
 def _composed_taps(low: int, padded: int, valid: int, out: int) -> tuple[np.ndarray, np.ndarray]:
