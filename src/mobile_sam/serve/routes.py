@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
+from ..prompts import PromptError, check_inside_image
 from .cache import CachedImage, EmbeddingCache
 from .engine import Engine, image_id, mask_boxes, masks_as_rle
 from .errors import ApiError, error_responses
@@ -85,17 +86,6 @@ def _mask_png_base64(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _check_inside(name: str, points: list[tuple[float, float]], width: int, height: int) -> None:
-    for i, (x, y) in enumerate(points):
-        if not (0.0 <= x <= width and 0.0 <= y <= height):
-            raise ApiError(422, name, f"{name}[{i}] = [{x:g}, {y:g}] is outside the image "
-                                      f"(x in 0..{width}, y in 0..{height})")
-
-
-def _value_error_field(message: str, fields: tuple[str, ...]) -> str | None:
-    return next((f for f in fields if message.startswith(f)), None)
-
-
 # ------------------------------------------------------------------ /v1/images
 
 images = APIRouter(prefix="/v1/images", tags=["images"])
@@ -131,17 +121,12 @@ def predict(id: str, body: PredictRequest, engine: EngineDep, cache: CacheDep) -
     if body.point_coords is None and body.point_labels is None and body.box is None:
         raise ApiError(422, "point_coords", "point_coords: give points (with point_labels) "
                                             "and/or a box")
-    if body.point_coords is not None:
-        _check_inside("point_coords", body.point_coords, width, height)
-    if body.box is not None:
-        _check_inside("box", [body.box[:2], body.box[2:]], width, height)
-    try:
+    try:  # the rules of mobile_sam.prompts, as on every surface; err.field is the field
+        check_inside_image((height, width), body.point_coords, body.box)
         masks, scores = engine.predict(entry, body.point_coords, body.point_labels, body.box,
                                        body.multimask_output)
-    except (ValueError, TypeError) as exc:
-        message = str(exc)
-        field = _value_error_field(message, ("point_coords", "point_labels", "box"))
-        raise ApiError(422, field, message) from None
+    except PromptError as err:
+        raise ApiError(422, err.field, str(err)) from None
     if body.mask_format == "png":
         encoded: list[Any] = [_mask_png_base64(m) for m in masks]
     else:
@@ -163,9 +148,8 @@ def everything(id: str, engine: EngineDep, cache: CacheDep,
     options = (body or EverythingRequest()).model_dump()
     try:
         records = engine.everything(entry, options)
-    except (ValueError, TypeError) as exc:
-        message = str(exc)
-        raise ApiError(422, _value_error_field(message, tuple(options)), message) from None
+    except PromptError as err:
+        raise ApiError(422, err.field, str(err)) from None
     height, width = entry.original_size
     return EverythingResponse(width=width, height=height, masks=records)
 

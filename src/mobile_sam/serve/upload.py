@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..io import ImageLoadError, ImageTooLargeError, load_image
+from ..prompts import PromptError
 from .cache import CachedImage, EmbeddingCache
 from .engine import Engine
 from .errors import ApiError
@@ -84,7 +85,10 @@ def decode_and_embed(engine: Engine, cache: EmbeddingCache, key: str, data: byte
         entry = cache.get(key)
         if entry is not None:
             return entry, True
-        entry = engine.embed(key, data, image)
+        try:
+            entry = engine.embed(key, data, image)
+        except PromptError as err:  # e.g. too thin for the model
+            raise ApiError(422, "file", f"file: {err}") from None
         try:
             cache.put(entry)
         except ValueError as exc:
