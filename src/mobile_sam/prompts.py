@@ -12,7 +12,9 @@ The rules:
   equal channels, alpha is dropped; not empty. For a model, the short side must still be a
   pixel once the long side is resized to the model's input size: the long side may be at most
   ``2 * size`` times the short one (2048:1 for SAM's 1024). Thinner images would be resized to
-  a side of 0 pixels, so they are refused everywhere with the same message.
+  a side of 0 pixels, so they are refused everywhere with the same message (rather than
+  clamped to 1 pixel: SAM's exported ONNX decoder computes the resized size in its graph, as
+  the original does, and would then disagree with the other paths).
 * **Points**: finite XY pixels, shape (N, 2) with N >= 1; labels 1 (foreground), 0 (background)
   or -1 (ignored: SAM's padding, e.g. for objects with fewer points), as integers.
 * **Boxes**: finite XYXY with ``x1 >= x0`` and ``y1 >= y0``. A zero-width or zero-height box
