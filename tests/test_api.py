@@ -18,6 +18,7 @@ from mobile_sam.api import SAM, Prompts, Result, check_prompts_in_image, normali
 from mobile_sam.automatic import SamAutomaticMaskGenerator
 from mobile_sam.masks import masks_to_boxes
 from mobile_sam.predictor import SamPredictor
+from mobile_sam.prompts import PromptError
 
 REPO = Path(__file__).resolve().parents[1]
 BUS = REPO / "examples" / "bus_480x640.png"
@@ -115,13 +116,15 @@ def test_boxes() -> None:
           r"got \(3,\)")),
         ({"points": [[[1, 2], [3, 4]]], "labels": [1, 1]}, r"shape \(1, 2\), got \(2,\)"),
         ({"points": [1, 2], "labels": [1, 1]}, r"\(\) or \(1,\), got \(2,\)"),
-        ({"points": [1, 2], "labels": [2]}, r"1 \(foreground\) or 0 \(background\), got \[2\]"),
-        ({"points": [1, 2], "labels": [-1]}, r"got \[-1\]"),
-        ({"points": [1, 2], "labels": ["a"]}, "integers 0 or 1"),
+        ({"points": [1, 2], "labels": [2]},
+         r"labels must be 1 \(foreground\), 0 \(background\) or -1 \(ignored\), got \[2\]"),
+        ({"points": [1, 2], "labels": [True]}, r"got \[True\]"),
+        ({"points": [1, 2], "labels": ["a"]}, r"labels must be 1 .* got \['a'\]"),
         ({"labels": [1]}, "labels were given without points"),
         ({"bboxes": [1, 2, 3]}, r"bboxes must be .* got shape \(3,\)"),
-        ({"bboxes": [[30, 2, 10, 40]]}, r"x1 > x0 and y1 > y0, got \[30.0, 2.0, 10.0, 40.0\]"),
-        ({"bboxes": [10, 40, 30, 40]}, "x1 > x0 and y1 > y0"),
+        ({"bboxes": [[30, 2, 10, 40]]}, r"x1 >= x0 and y1 >= y0 .* got \[30.0, 2.0, 10.0, 40.0\]"),
+        ({"bboxes": [10, 40, 30, 39]}, "x1 >= x0 and y1 >= y0"),
+        ({"bboxes": []}, r"got shape \(0,\)"),
         ({"points": [[1, 2], [3, 4]], "bboxes": [0, 0, 5, 5]},
          r"points describe 2 object\(s\) but bboxes 1"),
     ],
@@ -133,14 +136,18 @@ def test_bad_prompts(kwargs: dict, message: str) -> None:
 
 def test_prompts_must_lie_in_the_image() -> None:
     size = (20, 30)  # h, w
-    check_prompts_in_image(normalize_prompts([[0, 0], [29.5, 19.5]]), size)
+    check_prompts_in_image(normalize_prompts([[0, 0], [30, 20]]), size)  # edges included
     check_prompts_in_image(normalize_prompts(bboxes=[-5, -5, 1, 1]), size)  # overlaps: fine
-    with pytest.raises(ValueError, match=r"point \(30, 5\) is outside x.png of size 30x20"):
-        check_prompts_in_image(normalize_prompts([[1, 1], [30, 5]]), size, name="x.png")
-    with pytest.raises(ValueError, match=r"point \(-1, 5\) is outside"):
+    check_prompts_in_image(normalize_prompts(bboxes=[30, 20, 40, 30]), size)  # meets a corner
+    with pytest.raises(PromptError, match=r"points\[1\]\[0\] = \(30.5, 5\) is outside x.png "
+                                          r"of size 30x20") as err:
+        check_prompts_in_image(normalize_prompts([[1, 1], [30.5, 5]]), size, name="x.png")
+    assert err.value.field == "points"
+    with pytest.raises(ValueError, match=r"points\[0\]\[0\] = \(-1, 5\) is outside"):
         check_prompts_in_image(normalize_prompts([-1, 5]), size)
-    with pytest.raises(ValueError, match=r"box \(30, 0, 40, 10\) does not overlap"):
-        check_prompts_in_image(normalize_prompts(bboxes=[30, 0, 40, 10]), size)
+    with pytest.raises(PromptError, match=r"bboxes\[0\] = \(31, 0, 40, 10\) does not overlap") as err:
+        check_prompts_in_image(normalize_prompts(bboxes=[31, 0, 40, 10]), size)
+    assert err.value.field == "bboxes"
 
 
 # ----------------------------------------------------------------- prompted prediction
@@ -266,8 +273,9 @@ def test_result_outputs(sam, image, tmp_path: Path) -> None:
 
 
 def test_point_outside_image_is_refused(sam, image) -> None:
-    with pytest.raises(ValueError, match=r"point \(480, 10\) is outside the image of size 480x640"):
-        sam.predict(image, points=[480, 10])
+    with pytest.raises(ValueError, match=r"points\[0\]\[0\] = \(481, 10\) is outside the image "
+                                         "of size 480x640"):
+        sam.predict(image, points=[481, 10])
     with pytest.raises(ValueError, match=rf"outside {BUS} of size"):
         sam.predict(str(BUS), points=[-3, 10])
 

@@ -359,18 +359,20 @@ def test_no_masks_gives_empty_list():
     [
         ({"points_per_side": None}, ValueError, "exactly one of points_per_side and point_grids"),
         ({"point_grids": [np.zeros((1, 2))]}, ValueError, "exactly one of"),
-        ({"points_per_side": 0}, ValueError, "points_per_side must be >= 1, got 0"),
-        ({"points_per_side": 8.0}, TypeError, "points_per_side must be an int"),
-        ({"points_per_side": True}, TypeError, "points_per_side must be an int"),
-        ({"points_per_batch": 0}, ValueError, "points_per_batch must be >= 1, got 0"),
-        ({"pred_iou_thresh": 1.5}, ValueError, r"pred_iou_thresh must be in \[0.0, 1.0\], got 1.5"),
+        ({"points_per_side": 0}, ValueError, r"points_per_side must be an integer in \[1, 256\], got 0"),
+        ({"points_per_side": 257}, ValueError, r"points_per_side .* got 257"),
+        ({"points_per_side": 8.0}, TypeError, "points_per_side must be an integer .* got float 8.0"),
+        ({"points_per_side": True}, TypeError, "points_per_side must be an integer"),
+        ({"points_per_batch": 0}, ValueError, r"points_per_batch must be an integer in \[1, 1024\]"),
+        ({"pred_iou_thresh": 1.5}, ValueError, r"pred_iou_thresh must be a number in \[0, 1\], got 1.5"),
         ({"pred_iou_thresh": "0.8"}, TypeError, "pred_iou_thresh must be a number"),
         ({"stability_score_thresh": -0.1}, ValueError, "stability_score_thresh .* -0.1"),
         ({"stability_score_offset": float("nan")}, ValueError, "stability_score_offset"),
         ({"box_nms_thresh": 2}, ValueError, "box_nms_thresh .* 2.0"),
         ({"crop_nms_thresh": -1}, ValueError, "crop_nms_thresh"),
-        ({"crop_n_layers": -1}, ValueError, "crop_n_layers must be >= 0, got -1"),
-        ({"crop_overlap_ratio": 1.0}, ValueError, r"crop_overlap_ratio must be in \[0.0, 1.0\)"),
+        ({"crop_n_layers": -1}, ValueError, r"crop_n_layers must be an integer in \[0, 4\], got -1"),
+        ({"crop_n_layers": 5}, ValueError, "crop_n_layers .* got 5"),
+        ({"crop_overlap_ratio": 1.0}, ValueError, r"crop_overlap_ratio must be a number in \[0, 1\)"),
         ({"crop_n_points_downscale_factor": 0}, ValueError, "crop_n_points_downscale_factor"),
         ({"points_per_side": 3, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2},
          ValueError, "leaves no points in crop layer 2"),
@@ -395,9 +397,9 @@ def test_bad_model_and_image():
     with pytest.raises(TypeError, match="model must be a mobile_sam Sam model .* got object"):
         SamAutomaticMaskGenerator(object())
     gen = SamAutomaticMaskGenerator(FakePredictor(DEFAULT_SPECS), points_per_side=2)
-    with pytest.raises(ValueError, match=r"HxWx3 RGB, got shape \(10, 10\)"):
-        gen.generate(np.zeros((10, 10), np.uint8))
-    with pytest.raises(TypeError, match="must be uint8, got float32"):
+    with pytest.raises(ValueError, match=r"image must have shape .* got \(10, 10, 2\)"):
+        gen.generate(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(TypeError, match="must have dtype uint8, got float32"):
         gen.generate(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(TypeError, match="numpy array, got list"):
         gen.generate([[0, 0, 0]])

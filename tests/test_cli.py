@@ -225,18 +225,20 @@ def test_output_names_do_not_collide(tmp_path) -> None:
     ("args", "message"),
     [
         (["--point", "12"], ("argument --point: expected X,Y or X,Y,LABEL (pixel coordinates, "
-                             "LABEL 1 or 0), got '12'")),
+                             "LABEL 1, 0 or -1), got '12'")),
         (["--point", "a,b"], "argument --point: expected X,Y or X,Y,LABEL"),
         (["--point", "1,2,3,4"], "got '1,2,3,4'"),
-        (["--point", "1,nan"], "got '1,nan'"),
-        (["--point", "10,10,2"], ("argument --point: LABEL must be 1 (foreground) or 0 "
-                                  "(background), got '2' in '10,10,2'")),
-        (["--point", "10,10,-1"], "got '-1' in '10,10,-1'"),
+        (["--point", "1,nan"], ("argument --point: point must be finite numbers (no NaN or "
+                                "infinite values), got [[1.0, nan]] (in '1,nan')")),
+        (["--point", "10,10,2"], ("argument --point: LABEL must be 1 (foreground), 0 "
+                                  "(background) or -1 (ignored), got [2] (in '10,10,2')")),
+        (["--point", "10,10,0.5"], "expected X,Y or X,Y,LABEL"),
         (["--box", "1,2,3"], ("argument --box: expected X0,Y0,X1,Y1 (four pixel coordinates), "
                               "got '1,2,3'")),
-        (["--box", "50,10,20,40"], ("argument --box: box corners must satisfy X1 > X0 and "
-                                    "Y1 > Y0 (top-left, then bottom-right), got '50,10,20,40'")),
-        (["--box", "10,40,20,40"], "got '10,40,20,40'"),
+        (["--box", "50,10,20,40"], ("argument --box: box must be XYXY with x1 >= x0 and "
+                                    "y1 >= y0 (top-left corner, then bottom-right), got "
+                                    "[50.0, 10.0, 20.0, 40.0] (in '50,10,20,40')")),
+        (["--box", "10,40,20,39"], "(in '10,40,20,39')"),
         ([], "give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1"),
         (["--point", "5,5", "--box", "0,0,9,9", "--box", "1,1,8,8"],
          "--point can be combined with one --box only (one object), got 2 boxes"),
@@ -255,8 +257,9 @@ def test_segment_usage_errors(capsys, tmp_path, args, message) -> None:
     [
         ("missing image", "image file not found: {tmp}/none.png"),
         ("not an image", "cannot read image {tmp}/notes.png: not a recognised image format"),
-        ("point outside", "point (480, 10) is outside {bus} of size 480x640 (width x height)"),
-        ("box outside", "box (500, 0, 600, 100) does not overlap {bus} of size 480x640"),
+        ("point outside", ("--point[0] = (481, 10) is outside {bus} of size 480x640 (width x "
+                           "height): points must have 0 <= x <= 480 and 0 <= y <= 640")),
+        ("box outside", "--box[0] = (500, 0, 600, 100) does not overlap {bus} of size 480x640"),
         ("output parent is a file", ("cannot create output folder {tmp}/file/out: {tmp}/file "
                                      "is a file, not a folder")),
         ("unknown model", "checkpoint 'vit_q' not found"),
@@ -274,7 +277,7 @@ def test_segment_errors(capsys, tiny_checkpoint, tmp_path, case, message) -> Non
     elif case == "not an image":
         image = tmp_path / "notes.png"
     elif case == "point outside":
-        point = ["--point", "480,10"]
+        point = ["--point", "481,10"]
     elif case == "box outside":
         point = ["--box", "500,0,600,100"]
     elif case == "output parent is a file":
@@ -458,12 +461,18 @@ def test_everything_reports_bad_files_and_continues(capsys, tiny_checkpoint, tmp
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--points-per-side", "0"], "argument --points-per-side: must be >= 1, got '0'"),
+        (["--points-per-side", "0"],
+         "argument --points-per-side: must be an integer in [1, 256], got '0'"),
+        (["--crop-n-layers", "5"], "argument --crop-n-layers: must be an integer in [0, 4]"),
         (["--points-per-side", "4.5"],
          "argument --points-per-side: expected an integer, got '4.5'"),
-        (["--pred-iou-thresh", "1.5"], "argument --pred-iou-thresh: must be in 0..1, got '1.5'"),
-        (["--stability-score-offset", "0"], "must be > 0, got '0'"),
-        (["--min-mask-region-area", "-1"], "argument --min-mask-region-area: must be >= 0"),
+        (["--pred-iou-thresh", "1.5"],
+         "argument --pred-iou-thresh: must be a number in [0, 1], got '1.5'"),
+        (["--stability-score-offset", "-1"], "must be a finite number >= 0, got '-1'"),
+        (["--min-mask-region-area", "-1"],
+         "argument --min-mask-region-area: must be a finite number >= 0"),
+        (["--points-per-side", "3", "--crop-n-layers", "2", "--crop-n-points-downscale-factor",
+          "2"], "--points-per-side: points_per_side=3 leaves no points in crop layer 2"),
     ],
 )
 def test_everything_usage_errors(capsys, tmp_path, args, message) -> None:

@@ -317,10 +317,11 @@ def image_id(client, image_a):
     (b"{not json", 400, "body", ["invalid JSON"]),
     (b'{"point_coords": [[1, 2]], "point_labels": [1]', 400, "body", ["invalid JSON"]),
     ({"point_coords": [[130, 20]], "point_labels": [1]}, 422, "point_coords",
-     ["point_coords[0]", "outside the image", "0..120"]),
+     ["point_coords[0] = (130, 20)", "outside the image", "0 <= x <= 120"]),
     ({"point_coords": [[10, 20], [5, -1]], "point_labels": [1, 1]}, 422, "point_coords",
      ["point_coords[1]", "outside"]),
-    ({"box": [10, 10, 50, 91]}, 422, "box", ["box[1]", "outside the image", "0..90"]),
+    ({"box": [10, 91, 50, 120]}, 422, "box",
+     ["box = (10, 91, 50, 120) does not overlap the image", "[0, 90]"]),
     ({"box": [50, 10, 10, 40]}, 422, "box", ["x1 >= x0"]),
     ({"point_coords": [[10, 20], [30, 40]], "point_labels": [1]}, 422, "point_labels",
      ["point_labels must have shape (2,)"]),
@@ -358,8 +359,12 @@ def test_predict_nan_is_refused(client, image_id):
 
 
 @pytest.mark.parametrize("options, field, words", [
-    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh", ["pred_iou_thresh must be in [0.0, 1.0]"]),
-    ({"points_per_side": 0}, "points_per_side", ["greater than or equal to 1"]),
+    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh",
+     ["pred_iou_thresh must be a number in [0, 1], got 1.5"]),
+    ({"points_per_side": 0}, "points_per_side", ["must be an integer in [1, 256], got 0"]),
+    ({"crop_n_layers": -1}, "crop_n_layers", ["crop_n_layers must be an integer in [0, 4]"]),
+    ({"points_per_side": 3, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2},
+     "points_per_side", ["leaves no points in crop layer 2"]),
     ({"points_per_side": 500}, "points_per_side", ["less than or equal to 64"]),
     ({"crop_n_layers": 3}, "crop_n_layers", ["less than or equal to 2"]),
     ({"output_mode": "binary_mask"}, "output_mode", ["Extra inputs"]),

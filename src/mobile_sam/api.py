@@ -42,6 +42,14 @@ from .masks import (
 )
 from .modeling import Sam
 from .predictor import SamPredictor
+from .prompts import (
+    PromptError,
+    PromptTypeError,
+    as_finite,
+    check_boxes,
+    check_inside_image,
+    check_labels,
+)
 from .weights import resolve_checkpoint
 
 __all__ = ["SAM", "Prompts", "Result", "check_prompts_in_image", "normalize_prompts"]
@@ -70,17 +78,8 @@ class Prompts:
         return 0
 
 
-def _float_array(value: Any, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name} must be numbers in a regular nested list or array (every object with the "
-            f"same number of points), got {value!r}: {exc}"
-        ) from None
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be finite numbers, got {array.tolist()}")
-    return array
+_POINTS_LAYOUT = ("[x, y], [[x, y], ...] or [[[x, y], ...], ...] (every object with the same "
+                  "number of points)")
 
 
 def normalize_prompts(points: Any = None, labels: Any = None, bboxes: Any = None) -> Prompts:
@@ -88,17 +87,19 @@ def normalize_prompts(points: Any = None, labels: Any = None, bboxes: Any = None
 
     ``points``: ``[x, y]`` (one object, one point), ``[[x, y], ...]`` (K objects, one point
     each) or ``[[[x, y], ...], ...]`` (B objects, N points each). ``labels`` mirror the points
-    without their last axis (``1`` or ``[1]`` for a single point); values 1 (foreground) or 0
-    (background); default all 1. ``bboxes``: ``[x0, y0, x1, y1]`` or ``[[x0, y0, x1, y1], ...]``
-    with x1 > x0 and y1 > y0. With both, point group ``i`` and box ``i`` prompt object ``i``.
-    Raises ``ValueError`` naming the argument, the expected and the received shape.
+    without their last axis (``1`` or ``[1]`` for a single point); values 1 (foreground),
+    0 (background) or -1 (ignored: pads an object with fewer points); default all 1.
+    ``bboxes``: ``[x0, y0, x1, y1]`` or ``[[x0, y0, x1, y1], ...]`` with x1 >= x0 and
+    y1 >= y0. With both, point group ``i`` and box ``i`` prompt object ``i``. The value rules
+    are those of :mod:`mobile_sam.prompts`; raises its ``PromptError`` (a ``ValueError``)
+    naming the argument, the expected and the received value or shape.
     """
     pts = lab = boxes = None
     if points is None:
         if labels is not None:
-            raise ValueError("labels were given without points")
+            raise PromptError("labels", "labels were given without points")
     else:
-        array = _float_array(points, "points")
+        array = as_finite(points, "points", _POINTS_LAYOUT)
         if array.ndim == 1 and array.shape == (2,):
             pts, mirror = array.reshape(1, 1, 2), ()
         elif array.ndim == 2 and array.shape[1] == 2:
@@ -106,12 +107,10 @@ def normalize_prompts(points: Any = None, labels: Any = None, bboxes: Any = None
         elif array.ndim == 3 and array.shape[2] == 2:
             pts, mirror = array, array.shape[:2]
         else:
-            raise ValueError(
-                "points must be [x, y], [[x, y], ...] (one point per object) or "
-                f"[[[x, y], ...], ...] (several points per object), got shape {array.shape}"
-            )
+            raise PromptError("points", f"points must be {_POINTS_LAYOUT}, "
+                                        f"got shape {array.shape}")
         if pts.size == 0:
-            raise ValueError(f"points is empty (shape {array.shape})")
+            raise PromptError("points", f"points is empty (shape {array.shape})")
         canonical = pts.shape[:2]
         if labels is None:
             lab = np.ones(canonical, dtype=np.int64)
@@ -121,62 +120,29 @@ def normalize_prompts(points: Any = None, labels: Any = None, bboxes: Any = None
             if mirror == ():
                 allowed.add((1,))
             if raw.shape not in allowed:
-                raise ValueError(
+                raise PromptError(
+                    "labels",
                     f"labels must mirror points: points of shape {array.shape} need labels of "
-                    f"shape {mirror if mirror else '() or (1,)'}, got {raw.shape}"
+                    f"shape {mirror if mirror else '() or (1,)'}, got {raw.shape}",
                 )
-            if raw.dtype == np.bool_ or not np.issubdtype(raw.dtype, np.number):
-                raise ValueError(f"labels must be the integers 0 or 1, got {raw.tolist()}")
-            if not np.isin(raw, (0, 1)).all():
-                raise ValueError(
-                    f"labels must be 1 (foreground) or 0 (background), got {raw.tolist()}"
-                )
-            lab = raw.astype(np.int64).reshape(canonical)
+            lab = check_labels(raw, "labels").reshape(canonical)
     if bboxes is not None:
-        array = _float_array(bboxes, "bboxes")
-        if array.shape == (4,):
-            array = array[None]
-        if array.ndim != 2 or array.shape[1] != 4 or len(array) == 0:
-            raise ValueError(
-                "bboxes must be [x0, y0, x1, y1] or a list of them (XYXY pixels), "
-                f"got shape {np.shape(bboxes)}"
-            )
-        bad = (array[:, 2] <= array[:, 0]) | (array[:, 3] <= array[:, 1])
-        if bad.any():
-            raise ValueError(
-                f"bboxes must be XYXY with x1 > x0 and y1 > y0, got {array[bad][0].tolist()}"
-            )
-        boxes = array
+        boxes = check_boxes(bboxes, "bboxes")
     if pts is not None and boxes is not None and len(pts) != len(boxes):
-        raise ValueError(
+        raise PromptError(
+            "bboxes",
             f"points describe {len(pts)} object(s) but bboxes {len(boxes)}: with both, give "
-            "one point group per box (e.g. points=[[[x, y]]] with one box)"
+            "one point group per box (e.g. points=[[[x, y]]] with one box)",
         )
     return Prompts(pts, lab, boxes)
 
 
 def check_prompts_in_image(prompts: Prompts, size: tuple[int, int], name: str = "image") -> None:
-    """Raise ``ValueError`` if a point lies outside an image of ``size`` (h, w), i.e. not in
-    [0, w) × [0, h), or a box does not overlap it."""
-    h, w = size
-    if prompts.points is not None:
-        flat = prompts.points.reshape(-1, 2)
-        outside = (flat[:, 0] < 0) | (flat[:, 0] >= w) | (flat[:, 1] < 0) | (flat[:, 1] >= h)
-        if outside.any():
-            x, y = flat[outside][0]
-            raise ValueError(
-                f"point ({x:g}, {y:g}) is outside {name} of size {w}x{h} (width x height); "
-                "points are XY pixels with 0 <= x < width and 0 <= y < height"
-            )
-    if prompts.boxes is not None:
-        b = prompts.boxes
-        outside = (b[:, 0] >= w) | (b[:, 1] >= h) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
-        if outside.any():
-            box = ", ".join(f"{v:g}" for v in b[outside][0])
-            raise ValueError(
-                f"box ({box}) does not overlap {name} of size {w}x{h} (width x height); "
-                "boxes are XYXY pixels"
-            )
+    """Raise ``PromptError`` (a ``ValueError``) if a point lies outside an image of ``size``
+    (h, w), i.e. not in [0, w] x [0, h], or a box does not meet it (see
+    :func:`mobile_sam.prompts.check_inside_image`)."""
+    check_inside_image(size, prompts.points, prompts.boxes, image=name, points_field="points",
+                       boxes_field="bboxes")
 
 
 # --------------------------------------------------------------------------------- results
@@ -297,7 +263,8 @@ def _is_url(source: Any) -> bool:
 
 def _load_source(source: Any) -> tuple[np.ndarray, str | None]:
     if _is_url(source):
-        raise ValueError(
+        raise PromptError(
+            "source",
             f"source {source!r} is a URL: images are not fetched from the network; download "
             "it and pass the file path (or an array / PIL image)"
         )
@@ -305,7 +272,8 @@ def _load_source(source: Any) -> tuple[np.ndarray, str | None]:
         return load_image(source), os.fspath(source)
     if isinstance(source, (np.ndarray, Image.Image, bytes, bytearray)):
         return load_image(source), None
-    raise TypeError(
+    raise PromptTypeError(
+        "source",
         "source must be a file path, a uint8 numpy array, a PIL image, or a list of them; "
         f"got {type(source).__name__}"
     )
@@ -367,16 +335,17 @@ class SAM:
         """
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         if not sources:
-            raise ValueError("source is an empty list")
+            raise PromptError("source", "source is an empty list")
         prompts = normalize_prompts(points, labels, bboxes)
         if prompts.num_objects and generator_kwargs:
-            raise ValueError(
+            raise PromptError(
+                min(generator_kwargs),
                 f"generator options {sorted(generator_kwargs)} apply only without prompts "
                 "(everything mode)"
             )
         if "output_mode" in generator_kwargs:
-            raise ValueError("output_mode is chosen by SAM.predict; use Result.to_coco() "
-                             "or Result.masks instead")
+            raise PromptError("output_mode", "output_mode is chosen by SAM.predict; use "
+                                             "Result.to_coco() or Result.masks instead")
         for src in sources:  # refuse a URL before any work
             if _is_url(src):
                 _load_source(src)

@@ -17,7 +17,6 @@ Predictor interface (all numpy):
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,12 @@ from mobile_sam.masks import (
     stability_score,
     uncrop_boxes_xyxy,
     uncrop_points,
+)
+from mobile_sam.prompts import (
+    PromptError,
+    PromptTypeError,
+    check_generator_options,
+    check_image,
 )
 
 __all__ = ["SamAutomaticMaskGenerator"]
@@ -92,27 +97,6 @@ def _empty_data(crop_size: tuple[int, int]) -> MaskData:
     )
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(
-    name: str, value: Any, low: float, high: float, high_inclusive: bool = True
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    below_high = value <= high if high_inclusive else value < high
-    if not (math.isfinite(value) and low <= value and below_high):
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
-    return value
-
-
 class SamAutomaticMaskGenerator:
     """Generate masks for a whole image, as the original SAM ``SamAutomaticMaskGenerator``.
 
@@ -163,74 +147,60 @@ class SamAutomaticMaskGenerator:
         mode: str = "exact",
     ) -> None:
         if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+            raise PromptError("mode", f"mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError(
+            raise PromptError(
+                "points_per_side",
                 "exactly one of points_per_side and point_grids must be given, got "
                 f"points_per_side={points_per_side!r} and point_grids="
-                f"{'None' if point_grids is None else f'<{len(point_grids)} grids>'}"
+                f"{'None' if point_grids is None else f'<{len(point_grids)} grids>'}",
             )
-        self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
-        self.crop_n_points_downscale_factor = _check_int(
-            "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1
+        options = check_generator_options(
+            points_per_side=points_per_side, points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area,
         )
+        for name, value in options.items():  # attributes named as the arguments
+            setattr(self, name, value)
         if points_per_side is not None:
-            points_per_side = _check_int("points_per_side", points_per_side, 1)
-            smallest = int(
-                points_per_side / self.crop_n_points_downscale_factor**self.crop_n_layers
-            )
-            if smallest < 1:
-                raise ValueError(
-                    f"points_per_side={points_per_side} leaves no points in crop layer "
-                    f"{self.crop_n_layers} with crop_n_points_downscale_factor="
-                    f"{self.crop_n_points_downscale_factor}"
-                )
             self.point_grids = build_all_layer_point_grids(
-                points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
+                self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
             )
         else:
             self.point_grids = self._check_point_grids(point_grids, self.crop_n_layers)
-        self.points_per_side = points_per_side
-        self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
-        self.pred_iou_thresh = _check_float("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
-        self.stability_score_thresh = _check_float(
-            "stability_score_thresh", stability_score_thresh, 0.0, 1.0
-        )
-        self.stability_score_offset = _check_float(
-            "stability_score_offset", stability_score_offset, 0.0, math.inf, False
-        )
-        self.box_nms_thresh = _check_float("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
-        self.crop_nms_thresh = _check_float("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
-        self.crop_overlap_ratio = _check_float(
-            "crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, False
-        )
-        self.min_mask_region_area = _check_float(
-            "min_mask_region_area", min_mask_region_area, 0.0, math.inf, False
-        )
         if output_mode not in _OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+            raise PromptError("output_mode",
+                              f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
         self.output_mode = output_mode
         self.predictor = self._as_predictor(model)
 
     @staticmethod
     def _check_point_grids(point_grids: Any, crop_n_layers: int) -> list[np.ndarray]:
         if not isinstance(point_grids, (list, tuple)):
-            raise TypeError(
-                f"point_grids must be a list of (n, 2) arrays, got {type(point_grids).__name__}"
+            raise PromptTypeError(
+                "point_grids",
+                f"point_grids must be a list of (n, 2) arrays, got {type(point_grids).__name__}",
             )
         if len(point_grids) < crop_n_layers + 1:
-            raise ValueError(
+            raise PromptError(
+                "point_grids",
                 f"point_grids has {len(point_grids)} grids but crop_n_layers={crop_n_layers} "
-                f"needs {crop_n_layers + 1}"
+                f"needs {crop_n_layers + 1}",
             )
         grids = []
         for i, grid in enumerate(point_grids):
             grid = np.asarray(grid, dtype=np.float64)
             if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
-                raise ValueError(f"point_grids[{i}] must have shape (n, 2), got {grid.shape}")
+                raise PromptError("point_grids",
+                                  f"point_grids[{i}] must have shape (n, 2), got {grid.shape}")
             if not np.all((grid >= 0.0) & (grid <= 1.0)):
-                raise ValueError(f"point_grids[{i}] must lie in [0, 1] (normalised XY)")
+                raise PromptError("point_grids",
+                                  f"point_grids[{i}] must lie in [0, 1] (normalised XY)")
             grids.append(grid)
         return grids
 
@@ -262,7 +232,7 @@ class SamAutomaticMaskGenerator:
         (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]] prompt in image pixels),
         ``stability_score`` and ``crop_box`` (XYWH).
         """
-        image = self._check_image(image)
+        image = check_image(image)
         data = self._generate_masks(image)
 
         if self.min_mask_region_area > 0 and len(data) > 0:
@@ -296,18 +266,6 @@ class SamAutomaticMaskGenerator:
         ]
 
     # ------------------------------------------------------------------ steps
-
-    @staticmethod
-    def _check_image(image: Any) -> np.ndarray:
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be HxWx3 RGB, got shape {image.shape}")
-        if image.dtype != np.uint8:
-            raise TypeError(f"image must be uint8, got {image.dtype}")
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"image is empty: shape {image.shape}")
-        return image
 
     def _generate_masks(self, image: np.ndarray) -> MaskData:
         orig_size = (int(image.shape[0]), int(image.shape[1]))

@@ -22,6 +22,8 @@ from typing import IO, Any, Literal
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from .prompts import check_image
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "PALETTE",
@@ -131,8 +133,9 @@ def load_image(
       Pillow's ``convert("RGB")``.
 
     Arrays must be uint8 (``TypeError`` otherwise) shaped ``(H, W)``, ``(H, W, 1)`` (gray →
-    three channels), ``(H, W, 3)`` (taken as RGB) or ``(H, W, 4)`` (alpha dropped);
-    anything else raises ``ValueError``. Arrays are already decoded, so no pixel limit.
+    three channels), ``(H, W, 3)`` (taken as RGB) or ``(H, W, 4)`` (alpha dropped), not
+    empty; anything else raises ``ValueError`` (the rules of
+    :func:`mobile_sam.prompts.check_image`). Arrays are already decoded, so no pixel limit.
 
     ``max_pixels``: files and PIL images with more than this many pixels (``W * H``, read
     from the header before any decoding) raise :class:`ImageTooLargeError`. ``"auto"`` means
@@ -203,10 +206,6 @@ def _decode(
             ) from exc
 
 
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[:, :, None], 3, axis=2)
-
-
 def _from_16bit(values: np.ndarray) -> np.ndarray:
     # round(v / 257) in integers: 257 maps 0..65535 onto 0..255 exactly.
     v = np.clip(values.astype(np.int64), 0, 65535)
@@ -221,41 +220,26 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if mode == "RGB":
         return np.array(im, dtype=np.uint8)
     if mode in ("1", "L"):
-        return _gray_to_rgb(np.asarray(im.convert("L"), dtype=np.uint8))
+        return check_image(np.asarray(im.convert("L"), dtype=np.uint8))
     if mode in ("LA", "La"):
-        return _gray_to_rgb(np.asarray(im.getchannel(0), dtype=np.uint8))
+        return check_image(np.asarray(im.getchannel(0), dtype=np.uint8))
     if mode.startswith("I;16") or mode == "I":
-        return _gray_to_rgb(_from_16bit(np.asarray(im)))
+        return check_image(_from_16bit(np.asarray(im)))
     if mode == "F":
         values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
-        return _gray_to_rgb(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))
+        return check_image(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))
     if mode in ("RGBA", "RGBX", "RGBa"):
-        return np.array(im, dtype=np.uint8)[:, :, :3].copy()
+        return check_image(np.asarray(im, dtype=np.uint8))
     if mode in ("P", "PA"):
         # Through RGBA: Pillow warns when a palette with byte transparency goes to RGB.
-        return np.array(im.convert("RGBA"), dtype=np.uint8)[:, :, :3].copy()
+        return check_image(np.asarray(im.convert("RGBA"), dtype=np.uint8))
     return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
 def _from_array(array: np.ndarray) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise TypeError(
-            f"image array must have dtype uint8, got {array.dtype}; convert it first, "
-            "e.g. np.clip(x * 255, 0, 255).round().astype(np.uint8) for floats in 0..1"
-        )
-    shape = array.shape
-    if array.ndim == 3 and shape[2] in (3, 4):
-        rgb = np.array(array[:, :, :3], order="C")
-    elif array.ndim == 2 or (array.ndim == 3 and shape[2] == 1):
-        rgb = _gray_to_rgb(array.reshape(shape[0], shape[1]))
-    else:
-        raise ValueError(
-            f"image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-            f"got {shape}"
-        )
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"image array is empty: shape {shape}")
-    return rgb
+    # The one image check (mobile_sam.prompts); a new array, never a view of the caller's.
+    rgb = check_image(array)
+    return rgb.copy() if np.may_share_memory(rgb, array) else rgb
 
 
 # --------------------------------------------------------------------------------------------

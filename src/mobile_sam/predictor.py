@@ -14,8 +14,14 @@ import torch
 from .backends import default_backend, make_encoder, shared_decoder, weights_fingerprint
 from .modeling import Sam
 from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, TorchDecoderRunner, decode_masks
-from .modeling.prompt_encoder import prompt_points
-from .prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
+from .prompts import (
+    check_image,
+    check_mask_input,
+    check_points,
+    check_prompt_batch,
+    check_single_box,
+    pack_prompts,
+)
 from .transforms import MaskUpscaler, ResizeLongestSide, mask_upscaler, prepare_image
 
 class SamPredictor:
@@ -39,8 +45,9 @@ class SamPredictor:
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see `as_rgb_uint8`)."""
-        image = as_rgb_uint8(image, image_format)
+        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see
+        `mobile_sam.prompts.check_image`)."""
+        image = check_image(image, image_format, long_side=self.model.img_size)
         if self.backend == "torch":
             resized = self.transform.apply_image(image)
             tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
@@ -133,24 +140,19 @@ class SamPredictor:
         low_res_logits (M, 256, 256), with M = 3 if multimask_output else 1.
         """
         self._require_image()
-        coords_t = labels_t = box_t = mask_t = None
+        coords = labels = box_arr = mask_t = None
         if point_coords is not None or point_labels is not None:
             coords, labels = check_points(point_coords, point_labels)
-            coords = self.transform.apply_coords(coords, self.original_size)
-            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+            coords, labels = coords[None], labels[None]
         if box is not None:
-            box_arr = check_boxes(box, "box")
-            if box_arr.shape[0] != 1:
-                raise ValueError(f"box must be one XYXY box of 4 numbers, got shape "
-                                 f"{np.shape(box)}; use predict_torch for several boxes")
-            box_t = torch.as_tensor(self.transform.apply_boxes(box_arr, self.original_size),
-                                    dtype=torch.float, device=self.device)
+            box_arr = check_single_box(box)
         if mask_input is not None:
             mask_arr = check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
             mask_t = torch.as_tensor(mask_arr, dtype=torch.float, device=self.device)[None]
+        packed = pack_prompts(coords, labels, box_arr, original_size=self.original_size,
+                              long_side=self.transform.target_length)
         with torch.inference_mode():
-            low_res, iou = self._decode(coords_t, labels_t, box_t, mask_t, multimask_output)
+            low_res, iou = self._decode(*self._tensors(packed), mask_t, multimask_output)
         low_res = low_res[0].cpu().numpy()
         masks = self._upscale(low_res)  # numpy from here on: no torch threads left spinning
         if not return_logits:
@@ -173,25 +175,32 @@ class SamPredictor:
         Returns masks B, M, H, W, iou_predictions B, M, low_res_logits B, M, 256, 256.
         """
         self._require_image()
-        low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
+        coords = None if point_coords is None else point_coords.detach().float().cpu().numpy()
+        labels = None if point_labels is None else point_labels.detach().cpu().numpy()
+        box_arr = None if boxes is None else boxes.detach().float().cpu().numpy()
+        batch = check_prompt_batch(coords, labels, box_arr,
+                                   None if mask_input is None else tuple(mask_input.shape),
+                                   self.model.prompt_encoder.mask_input_size)
+        packed = self._tensors(pack_prompts(coords, labels, box_arr))
+        low_res, iou = self._decode(*packed, mask_input, multimask_output, batch=batch)
         masks = self._upscale(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
-    def _decode(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
-                min_iou: float | None = None, half: bool = False,
+    def _tensors(self, packed: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pack_prompts` output as tensors on the model's device."""
+        return tuple(torch.as_tensor(a, device=self.device) for a in packed)
+
+    def _decode(self, coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor | None,
+                multimask_output: bool, min_iou: float | None = None, half: bool = False,
                 extent: tuple[int, int] | None = None, out: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self._check_batch(point_coords, point_labels, boxes, mask_input)
+                batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed prompts (`pack_prompts`: B x N' x 2 input-frame coords, B x N' labels) and an
+        optional B x 1 x 256 x 256 mask input -> low-res logits and IoU predictions."""
         model = self.model
         dtype = self.features.dtype
-        points = None
-        if point_coords is not None:
-            points = (point_coords.to(self.device), point_labels.to(self.device))
-        coords, labels = prompt_points(points, None if boxes is None else boxes.to(self.device))
-        coords, labels = coords.to(self.device), labels.to(self.device)
-        if coords.shape[0] != batch:
+        if batch is not None and coords.shape[0] != batch:  # a mask input without points
             coords, labels = coords.expand(batch, -1, -1), labels.expand(batch, -1)
         runner = self._decoder(half)
         if mask_input is not None:  # a dense embedding per prompt: nothing to reuse
@@ -218,37 +227,6 @@ class SamPredictor:
                 self._encoder.release_memory()
         return self._runners[half]
 
-    def _check_batch(self, point_coords, point_labels, boxes, mask_input) -> int:
-        sizes = {}
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
-                raise ValueError(f"point_coords must be B x N x 2, got {tuple(point_coords.shape)}")
-            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
-                raise ValueError(f"point_labels must be B x N = {tuple(point_coords.shape[:2])}, "
-                                 f"got {tuple(point_labels.shape)}")
-            if not torch.isfinite(point_coords).all():
-                raise ValueError("point_coords contains NaN or infinite values")
-            sizes["point_coords"] = point_coords.shape[0]
-        if boxes is not None:
-            if boxes.ndim != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"boxes must be B x 4 XYXY, got {tuple(boxes.shape)}")
-            if not torch.isfinite(boxes).all():
-                raise ValueError("boxes contain NaN or infinite values")
-            if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
-                raise ValueError("boxes must be XYXY with x1 >= x0 and y1 >= y0")
-            sizes["boxes"] = boxes.shape[0]
-        if mask_input is not None:
-            want = (1, *self.model.prompt_encoder.mask_input_size)
-            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != want:
-                raise ValueError(f"mask_input must be B x {' x '.join(map(str, want))}, "
-                                 f"got {tuple(mask_input.shape)}")
-            sizes["mask_input"] = mask_input.shape[0]
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"prompt batch sizes differ: {sizes}")
-        return next(iter(sizes.values()), 1)
-
     # ------------------------------------------- used by the automatic mask generator
     @torch.inference_mode()
     def predict_point_batch(self, points: np.ndarray, min_iou: float | None = None,
@@ -264,15 +242,16 @@ class SamPredictor:
         `mobile_sam.backends.make_decoder`); the generator's fast mode asks for it.
         """
         self._require_image()
-        coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), self.original_size)
-        coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[:, None, :]
-        labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=self.device)
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
+        coords_t, labels_t = self._tensors(pack_prompts(
+            points, np.ones(points.shape[:2], np.int64), None, original_size=self.original_size,
+            long_side=self.transform.target_length))
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
         if min_iou is not None:
             return self._decode_kept_points(coords_t, labels_t, step, min_iou, half_precision)
-        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, None, True, None,
+        parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, True, None,
                               half_precision) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
@@ -289,7 +268,7 @@ class SamPredictor:
         iou = np.zeros((len(coords), 3), np.float32)
         for i in range(0, len(coords), step):
             out = torch.from_numpy(low_res[i:i + step])
-            _, part_iou = self._decode(coords[i:i + step], labels[i:i + step], None, None, True,
+            _, part_iou = self._decode(coords[i:i + step], labels[i:i + step], None, True,
                                        min_iou, half, (rows, cols), out)
             iou[i:i + step] = part_iou.cpu().numpy()
         return low_res, iou

@@ -9,12 +9,12 @@ collide. Images whose outputs exist are skipped unless --overwrite.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..prompts import GENERATOR_BOUNDS, PromptError, check_generator_options
 from ._common import (UserError, add_backend_arguments, add_common_arguments, display_name,
                       load_model, output_bases, prepare_out_dir, report)
 
@@ -60,50 +60,38 @@ def collect_images(inputs: list[str], exclude: Path | None,
 # ------------------------------------------------------------------ argument types
 
 
-def _number(kind: type, low: float, high: float | None = None,
-            low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: `kind` (int or float) within [low, high] ((low, ...] if low_open)."""
-    if high is None:
-        want = f"> {low:g}" if low_open else f">= {low:g}"
-    else:
-        want = f"in {low:g}..{high:g}"
+def _generator_option(name: str) -> Callable[[str], float]:
+    """An argparse type for a generator option: a number of its kind within its range (the
+    rules of `mobile_sam.prompts.GENERATOR_BOUNDS`, as on every surface)."""
+    bound = GENERATOR_BOUNDS[name]
 
     def parse(text: str):
         try:
-            value = kind(text)
+            value = bound.kind(text)
         except ValueError:
-            noun = "an integer" if kind is int else "a number"
+            noun = "an integer" if bound.kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        too_low = value <= low if low_open else value < low
-        if math.isnan(value) or too_low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
-        return value
+        try:
+            return bound.check(name, value)
+        except PromptError:
+            raise argparse.ArgumentTypeError(f"must be {bound.expected}, got {text!r}") from None
 
     return parse
 
 
-# (option, type, default, help): the generator's arguments with their original defaults
+# (option, default, help): the generator's arguments with their original defaults
 GENERATOR_OPTIONS = [
-    ("points_per_side", _number(int, 1), 32, "grid points per image side"),
-    ("points_per_batch", _number(int, 1), 64, "prompts decoded together"),
-    ("pred_iou_thresh", _number(float, 0, 1), 0.88,
-     "keep masks with predicted IoU above this"),
-    ("stability_score_thresh", _number(float, 0, 1), 0.95,
-     "keep masks with stability score at least this"),
-    ("stability_score_offset", _number(float, 0, low_open=True), 1.0,
-     "logit offset of the stability score"),
-    ("box_nms_thresh", _number(float, 0, 1), 0.7,
-     "box IoU threshold of the NMS within a crop"),
-    ("crop_n_layers", _number(int, 0), 0,
-     "extra crop layers (layer i has 2**i x 2**i crops)"),
-    ("crop_nms_thresh", _number(float, 0, 1), 0.7,
-     "box IoU threshold of the NMS across crops"),
-    ("crop_overlap_ratio", _number(float, 0, 1), 512 / 1500,
-     "crop overlap (fraction of the short side)"),
-    ("crop_n_points_downscale_factor", _number(int, 1), 1,
-     "points per side divided by this**layer"),
-    ("min_mask_region_area", _number(float, 0), 0,
-     "fill holes / remove islands smaller than this (pixels)"),
+    ("points_per_side", 32, "grid points per image side"),
+    ("points_per_batch", 64, "prompts decoded together"),
+    ("pred_iou_thresh", 0.88, "keep masks with predicted IoU above this"),
+    ("stability_score_thresh", 0.95, "keep masks with stability score at least this"),
+    ("stability_score_offset", 1.0, "logit offset of the stability score"),
+    ("box_nms_thresh", 0.7, "box IoU threshold of the NMS within a crop"),
+    ("crop_n_layers", 0, "extra crop layers (layer i has 2**i x 2**i crops)"),
+    ("crop_nms_thresh", 0.7, "box IoU threshold of the NMS across crops"),
+    ("crop_overlap_ratio", 512 / 1500, "crop overlap (fraction of the short side)"),
+    ("crop_n_points_downscale_factor", 1, "points per side divided by this**layer"),
+    ("min_mask_region_area", 0, "fill holes / remove islands smaller than this (pixels)"),
 ]
 
 
@@ -120,12 +108,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     group = parser.add_argument_group("mask generator options")
-    for name, kind, default, text in GENERATOR_OPTIONS:
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
-                           metavar="N", help=f"{text} (default: {default:g})")
+    for name, default, text in GENERATOR_OPTIONS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name,
+                           type=_generator_option(name), default=default, metavar="N",
+                           help=f"{text}: {GENERATOR_BOUNDS[name].expected} "
+                                f"(default: {default:g})")
     add_common_arguments(parser)
     add_backend_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, everything_parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import load_image
 
+    generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
+    try:  # options that are valid alone but not together
+        check_generator_options(**generator_kwargs)
+    except PromptError as err:
+        args.everything_parser.error(f"--{err.field.replace('_', '-')}: {err}")
     out = prepare_out_dir(args.out)
     failed = 0
 
@@ -150,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
             todo.append((image, base))
     skipped = len(images) - len(todo)
 
-    generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
     sam = None
     written = 0
     for image_path, base in tqdm(todo, desc="everything", unit="image", disable=None):

@@ -1,6 +1,8 @@
 """`mobile-sam segment IMAGE... (--point X,Y[,LABEL] ... | --box X0,Y0,X1,Y1 ...)`.
 
-Prompts are XY pixels of each image. All `--point`s (and at most one `--box`) prompt one
+Prompts are XY pixels of each image, checked by the rules of `mobile_sam.prompts` (points
+within [0, W] x [0, H], edges included; boxes with X1 >= X0 and Y1 >= Y0, meeting the image;
+LABEL 1, 0 or -1). All `--point`s (and at most one `--box`) prompt one
 object; several `--box`es prompt one object each, decoded in one batched call. Per image,
 under --out (input folders mirrored as in `everything`):
 
@@ -15,10 +17,11 @@ under --out (input folders mirrored as in `everything`):
 from __future__ import annotations
 
 import argparse
-import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..prompts import PromptError, check_boxes, check_inside_image, check_points
 from ._common import (add_backend_arguments, add_common_arguments, display_name, load_model,
                       output_bases, prepare_out_dir, report)
 
@@ -26,51 +29,44 @@ if TYPE_CHECKING:
     from ..api import Result
 
 
-def _numbers(parts: list[str]) -> list[float]:
-    """Finite floats, or ValueError."""
-    values = [float(p) for p in parts]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("not finite")
-    return values
+def _apply_rule(text: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Apply a rule of `mobile_sam.prompts` to a parsed option; its refusal is an argparse
+    error quoting the option's text."""
+    try:
+        return check(*args, **kwargs)
+    except PromptError as err:
+        raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
-    """`X,Y` or `X,Y,LABEL` (LABEL 1 = foreground, the default, or 0 = background)."""
+    """`X,Y` or `X,Y,LABEL` (LABEL 1 = foreground, the default, 0 = background, -1 = ignored)."""
     parts = text.split(",")
     try:
         if len(parts) not in (2, 3):
             raise ValueError("wrong count")
-        x, y = _numbers(parts[:2])
+        x, y = float(parts[0]), float(parts[1])
+        label = int(parts[2]) if len(parts) == 3 else 1
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected X,Y or X,Y,LABEL (pixel coordinates, LABEL 1 or 0), got {text!r}"
+            f"expected X,Y or X,Y,LABEL (pixel coordinates, LABEL 1, 0 or -1), got {text!r}"
         ) from None
-    label = 1
-    if len(parts) == 3:
-        if parts[2].strip() not in ("0", "1"):
-            raise argparse.ArgumentTypeError(
-                f"LABEL must be 1 (foreground) or 0 (background), got {parts[2]!r} in {text!r}"
-            )
-        label = int(parts[2])
+    _apply_rule(text, check_points, [[x, y]], [label], coords_field="point",
+                labels_field="LABEL")
     return x, y, label
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """`X0,Y0,X1,Y1` in pixels with X1 > X0 and Y1 > Y0."""
+    """`X0,Y0,X1,Y1` in pixels with X1 >= X0 and Y1 >= Y0."""
     parts = text.split(",")
     try:
         if len(parts) != 4:
             raise ValueError("wrong count")
-        x0, y0, x1, y1 = _numbers(parts)
+        x0, y0, x1, y1 = map(float, parts)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected X0,Y0,X1,Y1 (four pixel coordinates), got {text!r}"
         ) from None
-    if x1 <= x0 or y1 <= y0:
-        raise argparse.ArgumentTypeError(
-            f"box corners must satisfy X1 > X0 and Y1 > Y0 (top-left, then bottom-right), "
-            f"got {text!r}"
-        )
+    _apply_rule(text, check_boxes, [x0, y0, x1, y1], "box")
     return x0, y0, x1, y1
 
 
@@ -87,7 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--point", action="append", type=parse_point, default=[],
                         metavar="X,Y[,LABEL]",
-                        help="a point on the object (LABEL 1, the default) or off it (0); repeat")
+                        help="a point on the object (LABEL 1, the default) or off it (0; -1: "
+                        "ignored); repeat")
     parser.add_argument("--box", action="append", type=parse_box, default=[],
                         metavar="X0,Y0,X1,Y1", help="a box around an object (XYXY); repeat for "
                         "several objects")
@@ -107,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"--point can be combined with one --box only (one object), got "
                      f"{len(args.box)} boxes; several boxes are several objects")
 
-    from ..api import SAM, check_prompts_in_image, normalize_prompts
+    from ..api import SAM, normalize_prompts
     from ..io import load_image
 
     prompt_args = {
@@ -116,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "bboxes": [list(b) for b in args.box] or None,
     }
     prompts = normalize_prompts(**prompt_args)
+    points = None if prompts.points is None else prompts.points.reshape(-1, 2)  # --point order
     out = prepare_out_dir(args.out)
     images = [Path(p).expanduser() for p in args.images]
     bases = output_bases(images, out)
@@ -125,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     for image_path, base in zip(images, bases, strict=True):
         try:
             image = load_image(image_path)
-            check_prompts_in_image(prompts, image.shape[:2], name=str(image_path))
+            check_inside_image(image.shape[:2], points, prompts.boxes, image=str(image_path),
+                               points_field="--point", boxes_field="--box")
         except (OSError, ValueError) as exc:
             report("segment", str(exc))
             failed += 1

@@ -6,33 +6,24 @@ import math
 import torch
 from torch import nn
 
+from ..prompts import pack_prompts
 from .common import LayerNorm2d
 
 
 def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
                   boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> one point list per prompt in SAM's ONNX convention.
+    """Prompts -> one point list per prompt in SAM's ONNX convention: the tensor form of
+    `mobile_sam.prompts.pack_prompts` (which defines the order and the padding).
 
-    points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Points come
-    first, then a padding point (label -1) when there is no box, or the box corners (labels 2
-    and 3): the tokens `PromptEncoder` makes, in its order.
+    points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Returns
+    B,N',2 float32 and B,N' int64 on the prompts' device.
     """
-    parts, part_labels = [], []
-    if points is not None:
-        coords, labels = points
-        b = coords.shape[0]
-        parts.append(coords.float())
-        part_labels.append(labels.to(torch.int64))
-        if boxes is None:
-            parts.append(coords.new_zeros(b, 1, 2, dtype=torch.float))
-            part_labels.append(torch.full((b, 1), -1, dtype=torch.int64, device=coords.device))
-    if boxes is not None:
-        b = boxes.shape[0]
-        parts.append(boxes.float().reshape(b, 2, 2))
-        part_labels.append(torch.tensor([[2, 3]], device=boxes.device).expand(b, 2))
-    if not parts:
-        return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int64)
-    return torch.cat(parts, dim=1), torch.cat(part_labels, dim=1)
+    coords, labels = points if points is not None else (None, None)
+    device = next((t.device for t in (coords, boxes) if t is not None), torch.device("cpu"))
+    packed = pack_prompts(None if coords is None else coords.detach().float().cpu().numpy(),
+                          None if labels is None else labels.detach().cpu().numpy(),
+                          None if boxes is None else boxes.detach().float().cpu().numpy())
+    return tuple(torch.from_numpy(a).to(device) for a in packed)
 
 
 class PositionEmbeddingRandom(nn.Module):

@@ -330,7 +330,7 @@ def evaluate_int8(folder: Path, images: Sequence[np.ndarray], *, threads: int | 
     times are medians of `repeats` interleaved runs (after a warm-up), on `threads` threads.
     """
     from ..masks import build_point_grid
-    from ..prompts import as_rgb_uint8
+    from ..prompts import check_image
     from ..transforms import prepare_image
     from .runtime import OnnxPredictor
 
@@ -339,7 +339,7 @@ def evaluate_int8(folder: Path, images: Sequence[np.ndarray], *, threads: int | 
     ious: list[float] = []
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for image in images:
-        image = as_rgb_uint8(image)
+        image = check_image(image)
         points = build_point_grid(points_per_side) * np.array([image.shape[1], image.shape[0]])
         masks = {}
         for name, predictor in predictors.items():
@@ -351,7 +351,7 @@ def evaluate_int8(folder: Path, images: Sequence[np.ndarray], *, threads: int | 
         union = (masks["fp32"] | masks["int8"]).sum(axis=(1, 2))
         ious.extend(np.where(union > 0, inter / np.maximum(union, 1), 1.0).tolist())
     # The encoder's time does not depend on the picture: time it on the first one.
-    prepared, _ = prepare_image(as_rgb_uint8(images[0]), predictors["fp32"].image_size)
+    prepared, _ = prepare_image(check_image(images[0]), predictors["fp32"].image_size)
     for _ in range(repeats):
         for name, predictor in predictors.items():
             start = time.perf_counter()

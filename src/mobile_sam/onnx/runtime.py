@@ -5,7 +5,7 @@
 automatic mask generator drives, so ``SamAutomaticMaskGenerator(OnnxPredictor(folder))``
 works. Pre- and post-processing are the shared code: `mobile_sam.transforms` resizes,
 normalises, moves coordinates and upscales masks (`MaskUpscaler`), `mobile_sam.prompts`
-validates.
+validates inputs and packs prompts, as for the torch predictor.
 
 `OnnxDecoder` runs ``decoder.onnx``, the file with SAM's ONNX decoder interface.
 
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..prompts import as_rgb_uint8, check_boxes, check_mask_input, check_points
+from ..prompts import check_image, check_mask_input, check_points, check_single_box, pack_prompts
 from ..transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
 __all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "load_model_info"]
@@ -177,8 +177,9 @@ class OnnxPredictor:
         return self.encoder.run(["image_embeddings"], {"image": image})[0]
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see `as_rgb_uint8`)."""
-        image = as_rgb_uint8(image, image_format)
+        """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see
+        `mobile_sam.prompts.check_image`)."""
+        image = check_image(image, image_format, long_side=self.image_size)
         prepared, input_size = prepare_image(image, self.image_size)
         features = self.encode(prepared)
         self.reset_image()
@@ -220,15 +221,11 @@ class OnnxPredictor:
         and low_res_logits (M, 256, 256), with M = 3 if multimask_output else 1.
         """
         self._require_image()
-        coords = labels = boxes = None
+        coords = labels = boxes = mask = None
         if point_coords is not None or point_labels is not None:
             coords, labels = check_points(point_coords, point_labels)
         if box is not None:
-            boxes = check_boxes(box, "box")
-            if boxes.shape[0] != 1:
-                raise ValueError(f"box must be one XYXY box of 4 numbers, got shape "
-                                 f"{np.shape(box)}; call predict once per box")
-        mask = None
+            boxes = check_single_box(box)
         if mask_input is not None:
             mask = check_mask_input(mask_input, self.mask_input_size)
         point_feeds = self.prompt_arrays(coords, labels, boxes)
@@ -242,27 +239,17 @@ class OnnxPredictor:
 
     def prompt_arrays(self, coords: np.ndarray | None, labels: np.ndarray | None,
                       boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """SAM's ONNX prompt convention for one prompt: points (N, 2 original pixels) and a
-        box (1, 4 XYXY) -> point_coords 1×N'×2 in the resized frame, point_labels 1×N'.
-
-        The box becomes two points labelled 2 and 3 after the points; without a box, a
-        (0, 0) point labelled -1 is appended when there are points, as the torch path pads.
+        """SAM's ONNX prompt convention for one prompt: points (N, 2 original pixels) with
+        labels (N,) and a box (1, 4 XYXY) -> point_coords 1×N'×2 float32 in the resized frame
+        and point_labels 1×N' (see `mobile_sam.prompts.pack_prompts`: the box becomes two
+        points labelled 2 and 3 after the points; without a box, a (0, 0) point labelled -1
+        is appended to the points).
         """
         self._require_image()
-        parts, part_labels = [], []
-        if coords is not None:
-            parts.append(self.transform.apply_coords(coords, self.original_size))
-            part_labels.append(np.asarray(labels, dtype=np.float32))
-            if boxes is None:
-                parts.append(np.zeros((1, 2)))
-                part_labels.append(np.array([-1.0], dtype=np.float32))
-        if boxes is not None:
-            parts.append(self.transform.apply_boxes(boxes, self.original_size).reshape(2, 2))
-            part_labels.append(np.array([2.0, 3.0], dtype=np.float32))
-        if not parts:
-            return np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.float32)
-        return (np.concatenate(parts).astype(np.float32)[None],
-                np.concatenate(part_labels)[None])
+        return pack_prompts(None if coords is None else np.asarray(coords)[None],
+                            None if labels is None else np.asarray(labels)[None], boxes,
+                            original_size=self.original_size,
+                            long_side=self.transform.target_length)
 
     def _decode(self, point_coords: np.ndarray, point_labels: np.ndarray,
                 mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -295,11 +282,10 @@ class OnnxPredictor:
         it was exported in, so all are returned.
         """
         self._require_image()
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        coords = self.transform.apply_coords(points, self.original_size)
-        n = len(coords)
-        point_coords = np.stack([coords, np.zeros_like(coords)], axis=1)  # point + padding
-        point_labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
+        point_coords, point_labels = pack_prompts(
+            points, np.ones(points.shape[:2], np.int64), None, original_size=self.original_size,
+            long_side=self.transform.target_length)
         low_res, iou = self._decode(point_coords, point_labels, None)
         return low_res[:, 1:], iou[:, 1:]
 

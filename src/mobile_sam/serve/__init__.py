@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {"ApiError": "app", "BackgroundServer": "background", "create_app": "app"}
+_EXPORTS = {"ApiError": "errors", "BackgroundServer": "background", "create_app": "app"}
 __all__ = ["ApiError", "BackgroundServer", "create_app"]
 
 
@@ -23,5 +23,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import ApiError, create_app
+    from .app import create_app
     from .background import BackgroundServer
+    from .errors import ApiError

@@ -97,7 +97,7 @@ class Engine:
     def predict(self, entry: CachedImage, point_coords: Any, point_labels: Any, box: Any,
                 multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
         """Masks (M, H, W) bool and scores (M,) for one prompt on the entry's image (XY pixels
-        of the original image, XYXY box). The predictor validates the prompt (ValueError)."""
+        of the original image, XYXY box). The predictor validates the prompt (PromptError)."""
         predictor = _EntryPredictor(self, entry)
         def array(value: Any, dtype: Any = None) -> np.ndarray | None:
             return None if value is None else np.asarray(value, dtype=dtype)

@@ -7,9 +7,11 @@ request fields. Coordinates are XY pixels of the uploaded image; boxes are XYXY.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+
+from ..prompts import GENERATOR_BOUNDS
 
 MAX_PROMPT_POINTS = 256
 
@@ -32,7 +34,8 @@ class PredictRequest(BaseModel):
         default=None, max_length=MAX_PROMPT_POINTS,
         description="N labels: 1 foreground, 0 background, -1 ignored.")
     box: tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat] | None = Field(
-        default=None, description="One box [x0, y0, x1, y1] in pixels of the image.")
+        default=None, description="One box [x0, y0, x1, y1] in pixels of the image, x1 >= x0 "
+                                  "and y1 >= y0, meeting the image.")
     multimask_output: bool = Field(
         default=True, description="Three masks for an ambiguous prompt, else one.")
     mask_format: Literal["png", "rle"] = Field(
@@ -56,23 +59,33 @@ class PredictResponse(BaseModel):
     areas: list[int] = Field(description="Pixels inside each mask.")
 
 
+def _option(name: str, default: float, cap: int | None = None) -> Any:
+    """A generator option: its valid range is checked by `mobile_sam.prompts` (as on every
+    surface) and stated in its description; ``cap`` is this server's own lower maximum."""
+    text = GENERATOR_BOUNDS[name].expected
+    if cap is not None:
+        text += f"; at most {cap} on this server"
+    return Field(default=default, le=cap, description=text[0].upper() + text[1:] + ".")
+
+
 class EverythingRequest(BaseModel):
-    """SamAutomaticMaskGenerator options (same names and defaults); bounded so that one
-    request cannot occupy the server for long."""
+    """SamAutomaticMaskGenerator options (same names, defaults and valid ranges, see
+    `mobile_sam.prompts.GENERATOR_BOUNDS`); the grid, batch and crop options are capped lower
+    here so that one request cannot occupy the server for long."""
 
     model_config = ConfigDict(extra="forbid")
 
-    points_per_side: int = Field(default=32, ge=1, le=64)
-    points_per_batch: int = Field(default=64, ge=1, le=256)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = Field(default=0, ge=0, le=2)
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = Field(default=1, ge=1, le=4)
-    min_mask_region_area: int = Field(default=0, ge=0)
+    points_per_side: int = _option("points_per_side", 32, cap=64)
+    points_per_batch: int = _option("points_per_batch", 64, cap=256)
+    pred_iou_thresh: float = _option("pred_iou_thresh", 0.88)
+    stability_score_thresh: float = _option("stability_score_thresh", 0.95)
+    stability_score_offset: float = _option("stability_score_offset", 1.0)
+    box_nms_thresh: float = _option("box_nms_thresh", 0.7)
+    crop_n_layers: int = _option("crop_n_layers", 0, cap=2)
+    crop_nms_thresh: float = _option("crop_nms_thresh", 0.7)
+    crop_overlap_ratio: float = _option("crop_overlap_ratio", 512 / 1500)
+    crop_n_points_downscale_factor: int = _option("crop_n_points_downscale_factor", 1, cap=4)
+    min_mask_region_area: int = _option("min_mask_region_area", 0)
 
 
 class MaskRecord(BaseModel):
