@@ -123,8 +123,9 @@ def test_sam_forward_is_differentiable(tiny_sam):
     model.train()
     size = model.image_encoder.img_size
     image = torch.randint(0, 256, (3, size, size * 3 // 4), dtype=torch.uint8).float()
+    coords = torch.tensor([[[60.0, 80.0]]], requires_grad=True)
     batch = [{"image": image, "original_size": (300, 225),
-              "point_coords": torch.tensor([[[60.0, 80.0]]]), "point_labels": torch.tensor([[1]]),
+              "point_coords": coords, "point_labels": torch.tensor([[1]]),
               "boxes": torch.tensor([[10.0, 20.0, 150.0, 200.0]])}]
     out = model(batch, multimask_output=True)
     assert out[0]["low_res_logits"].requires_grad
@@ -134,6 +135,7 @@ def test_sam_forward_is_differentiable(tiny_sam):
                  "mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+    assert coords.grad is not None and coords.grad.abs().sum() > 0  # prompts stay in the graph
 
 
 # --------------------------------------------------------------------------- TinyViT

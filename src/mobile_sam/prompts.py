@@ -1,4 +1,6 @@
-"""The one place that decides what input is valid, and packs prompts for the model (numpy only).
+"""The one place that decides what input is valid, and packs prompts for the model.
+
+Numpy only: torch is imported only by `pack_prompts` when it is given tensors.
 
 Every surface calls these functions: `SamPredictor`, `SamAutomaticMaskGenerator`, the
 one-line API (`SAM(...).predict`), the CLI, the server and the torch-free ONNX runtime, so
@@ -295,9 +297,9 @@ def check_inside_image(size: tuple[int, int], points: Any = None, boxes: Any = N
 # ------------------------------------------------------------------ packing
 
 
-def pack_prompts(point_coords: np.ndarray | None, point_labels: np.ndarray | None,
-                 boxes: np.ndarray | None, *, original_size: tuple[int, int] | None = None,
-                 long_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pack_prompts(point_coords: Any, point_labels: Any, boxes: Any, *,
+                 original_size: tuple[int, int] | None = None,
+                 long_side: int | None = None) -> tuple[Any, Any]:
     """B prompts -> one point list per prompt, the model's prompt input (SAM's ONNX convention).
 
     point_coords: B x N x 2 with point_labels B x N, or None; boxes: B x 4 XYXY (or one (4,)
@@ -308,33 +310,76 @@ def pack_prompts(point_coords: np.ndarray | None, point_labels: np.ndarray | Non
     Returns coords B x N' x 2 float32 and labels B x N' int64: the points, then either a
     padding point (0, 0) labelled -1 when there is no box, or the box's two corners labelled
     2 (top-left) and 3 (bottom-right): the tokens SAM's prompt encoder makes, in its order.
-    With neither points nor boxes: 1 x 0 x 2 and 1 x 0.
+    With neither points nor boxes: 1 x 0 x 2 and 1 x 0. numpy arrays give numpy arrays;
+    torch tensors give tensors on their device, differentiable in the coordinates (the
+    prompt encoder packs with this too).
     """
     if (original_size is None) != (long_side is None):
         raise ValueError("original_size and long_side must be given together")
+    ops = _ArrayOps.of(point_coords, boxes)
     if boxes is not None:
-        boxes = np.asarray(boxes).reshape(-1, 4)
+        boxes = ops.floats(boxes).reshape(-1, 4)
     if original_size is not None:
-        transform = ResizeLongestSide(long_side)
+        transform = ResizeLongestSide(int(long_side))  # type: ignore[arg-type]
         if point_coords is not None:
-            point_coords = transform.apply_coords(point_coords, original_size)
+            point_coords = transform.apply_coords_torch(point_coords, original_size) \
+                if ops.torch else transform.apply_coords(point_coords, original_size)
         if boxes is not None:
-            boxes = transform.apply_boxes(boxes, original_size)
+            boxes = transform.apply_boxes_torch(boxes, original_size) \
+                if ops.torch else transform.apply_boxes(boxes, original_size)
     parts, part_labels = [], []
     if point_coords is not None:
         b = len(point_coords)
-        parts.append(np.asarray(point_coords, dtype=np.float32))
-        part_labels.append(np.asarray(point_labels, dtype=np.int64))
+        parts.append(ops.floats(point_coords))
+        part_labels.append(ops.labels(point_labels))
         if boxes is None:
-            parts.append(np.zeros((b, 1, 2), np.float32))
-            part_labels.append(np.full((b, 1), -1, np.int64))
+            parts.append(ops.zeros((b, 1, 2)))
+            part_labels.append(ops.labels([[-1]] * b))
     if boxes is not None:
         b = len(boxes)
-        parts.append(np.asarray(boxes, dtype=np.float32).reshape(b, 2, 2))
-        part_labels.append(np.tile(np.array([[2, 3]], np.int64), (b, 1)))
+        parts.append(ops.floats(boxes).reshape(b, 2, 2))
+        part_labels.append(ops.labels([[2, 3]] * b))
     if not parts:
-        return np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.int64)
-    return np.concatenate(parts, axis=1), np.concatenate(part_labels, axis=1)
+        return ops.zeros((1, 0, 2)), ops.labels(np.zeros((1, 0), np.int64))
+    return ops.concatenate(parts), ops.concatenate(part_labels)
+
+
+class _ArrayOps:
+    """The few array operations `pack_prompts` needs, on numpy arrays or on torch tensors (on
+    the tensors' device; torch is imported only when tensors are given)."""
+
+    def __init__(self, torch_module: Any = None, device: Any = None) -> None:
+        self.torch = torch_module
+        self.device = device
+
+    @classmethod
+    def of(cls, *arrays: Any) -> _ArrayOps:
+        for array in arrays:
+            if array is not None and hasattr(array, "detach"):  # a torch tensor, duck-typed
+                import torch
+
+                return cls(torch, array.device)
+        return cls()
+
+    def floats(self, x: Any) -> Any:
+        if self.torch is not None:
+            return self.torch.as_tensor(x, device=self.device).to(self.torch.float32)
+        return np.asarray(x, dtype=np.float32)
+
+    def labels(self, x: Any) -> Any:
+        if self.torch is not None:
+            return self.torch.as_tensor(x, device=self.device).to(self.torch.int64)
+        return np.asarray(x, dtype=np.int64)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        if self.torch is not None:
+            return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
+        return np.zeros(shape, np.float32)
+
+    def concatenate(self, parts: list[Any]) -> Any:
+        if self.torch is not None:
+            return self.torch.cat(parts, dim=1)
+        return np.concatenate(parts, axis=1)
 
 
 # ------------------------------------------------------------------ automatic mask generation

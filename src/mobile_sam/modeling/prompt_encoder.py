@@ -12,18 +12,17 @@ from .common import LayerNorm2d
 
 def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
                   boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> one point list per prompt in SAM's ONNX convention: the tensor form of
-    `mobile_sam.prompts.pack_prompts` (which defines the order and the padding).
+    """Prompts -> one point list per prompt in SAM's ONNX convention (`pack_prompts`, which
+    defines the order and the padding, on tensors: same device, differentiable).
 
     points: (B,N,2, B,N labels) or None; boxes: B,4 XYXY or None (input frame). Returns
-    B,N',2 float32 and B,N' int64 on the prompts' device.
+    B,N',2 float32 and B,N' int64.
     """
     coords, labels = points if points is not None else (None, None)
-    device = next((t.device for t in (coords, boxes) if t is not None), torch.device("cpu"))
-    packed = pack_prompts(None if coords is None else coords.detach().float().cpu().numpy(),
-                          None if labels is None else labels.detach().cpu().numpy(),
-                          None if boxes is None else boxes.detach().float().cpu().numpy())
-    return tuple(torch.from_numpy(a).to(device) for a in packed)
+    if coords is None and boxes is None:
+        return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int64)
+    packed_coords, packed_labels = pack_prompts(coords, labels, boxes)
+    return packed_coords, packed_labels
 
 
 class PositionEmbeddingRandom(nn.Module):
