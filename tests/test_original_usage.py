@@ -10,6 +10,7 @@ the fixture in test_golden.py and test_automatic.py.)
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import warnings
@@ -118,8 +119,8 @@ def test_sam_forward_over_two_images_matches_golden_and_predictor(fixture_model,
 
 
 def test_sam_forward_is_differentiable(tiny_sam):
-    model = Sam(tiny_sam.image_encoder, tiny_sam.prompt_encoder, tiny_sam.mask_decoder)
-    model.load_state_dict(tiny_sam.state_dict())
+    parts = copy.deepcopy(tiny_sam)  # training updates BatchNorm statistics: not the shared model
+    model = Sam(parts.image_encoder, parts.prompt_encoder, parts.mask_decoder)
     model.train()
     size = model.image_encoder.img_size
     image = torch.randint(0, 256, (3, size, size * 3 // 4), dtype=torch.uint8).float()
@@ -302,6 +303,8 @@ def test_sam_onnx_model_exports_and_matches_golden(fixture_model, truck_predicto
     onnx_model = SamOnnxModel(fixture_model, return_single_mask=False)
     path = tmp_path / "sam.onnx"
     export_like_the_original_script(onnx_model, path, dynamo=dynamo, opset=18 if dynamo else 16)
+    # The exporter restores the wrapper's mode afterwards: the wrapped model's, still eval.
+    assert not any(m.training for m in fixture_model.modules())
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     # One point (+ padding) and two points (+ padding): the point count is dynamic.

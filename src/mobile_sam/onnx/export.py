@@ -148,6 +148,9 @@ class SamDecoderGraph(nn.Module):
         self.stability_score = stability_score
         self.threshold = float(sam.mask_threshold)
         self.stability_offset = stability_offset
+        # The model's own mode, not nn.Module's default train mode: torch.onnx.export puts the
+        # wrapper back in its mode afterwards, which reaches the wrapped model's every module.
+        self.train(sam.training)
 
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
                 point_labels: torch.Tensor, mask_input: torch.Tensor,
