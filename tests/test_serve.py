@@ -615,12 +615,10 @@ def test_cli_serve_warns_for_public_host_and_checks_arguments(monkeypatch, fixtu
 # ------------------------------------------------------------------------------ real model
 
 
-def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir):
+def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir, golden):
     """The real vit_t architecture through HTTP: embedding and a box+point prompt on the dog
     photo match the reference's golden outputs."""
-    root = reference_dir / "fixture_a"
-    golden = np.load(root / "golden.npz")
-    data = (root / "dog_517x333.png").read_bytes()
+    data = (reference_dir / "fixture_a" / "dog_517x333.png").read_bytes()
     with TestClient(create_app(fixture_model)) as client:
         info = upload(client, data).json()
         assert (info["width"], info["height"]) == (517, 333)
