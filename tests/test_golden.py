@@ -62,10 +62,10 @@ def test_replay_image(fixture, image_name):
     for call in calls:
         what = call["id"]
         if call["api"] == "get_image_embedding":
-            got = predictor.get_image_embedding().numpy()
             want = golden[what]
             if want is None:  # left out of tests/data (see its README)
                 continue
+            got = predictor.get_image_embedding().numpy()
             assert np.abs(got - want).max() <= 2e-3 and rel_l2(got, want) <= 2e-4, what
             continue
         args = call["args"]

@@ -1,8 +1,8 @@
 """ONNX export and the torch-free runtime.
 
 The fixture checkpoint is exported once per session through the CLI (with int8); the runtime
-replays every recorded call of the golden fixture (tests/data/fixture_a) and the automatic generator's
-run against the golden outputs. A tiny-config model (exported in a second) covers prompt
+replays every recorded call of the golden fixture (tests/data/fixture_a) and the automatic
+generator's run against the golden outputs. A tiny-config model (exported in a second) covers prompt
 combinations against SamPredictor, the decoder options, other opsets and the error paths.
 """
 from __future__ import annotations

@@ -35,12 +35,13 @@ from conftest import (  # the readers the tests use
 PHOTOS = ["truck_640x427.png", "dog_517x333.png", "groceries_gray_600x400.png"]
 MANIFESTS = [f"state_dict_vit_{v}.json" for v in ("t", "b", "l", "h")]
 # Recorded outputs left out. The grayscale photo's embedding: the truck's embedding checks the
-# same input geometry (683x1024) and the grayscale photo's ten decoder outputs still check its
-# encoder output; keeping it would take tests/data over its 25 MB budget.
+# same input geometry (683x1024) and the grayscale photo's six decoder calls (ten masks) still
+# check its encoder output; keeping it would take tests/data over its budget.
 OMITTED = ["groceries_gray_600x400/embedding"]
 # Float arrays with at least this many values are quantized; smaller ones (IoU predictions,
 # automatic-mask scores and boxes) are kept as recorded.
 QUANTIZE_FROM = 4096
+BUDGET = 25_000_000  # bytes, all of tests/data
 
 
 def split_bytes(codes: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,7 +100,7 @@ def pack_golden(source: Path, dest: Path) -> None:
         step = quantization_step(array)
         codes = np.round(array / step)
         if np.abs(codes).max() > np.iinfo(np.int16).max:
-            raise ValueError(f"{source}: {key} spans more than int16 steps of rms/2**{GOLDEN_STEP_BITS}")
+            raise ValueError(f"{source}: {key} spans more than the int16 range of its step")
         planes = split_bytes(codes.astype(np.int16))
         highs[key + ".hi"], lows[key + ".lo"] = planes["hi"], planes["lo"]
         kept[key + ".step"] = step
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="default: tests/data")
     args = parser.parse_args(argv)
     src, out = args.reference, args.out
-    needed = [src / "fixture_a" / n for n in ("checkpoint.pt", "golden.npz", "prompts.json", *PHOTOS)]
-    needed += [src / n for n in MANIFESTS]
+    recorded = ("checkpoint.pt", "golden.npz", "prompts.json", *PHOTOS)
+    needed = [src / "fixture_a" / n for n in recorded] + [src / n for n in MANIFESTS]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         parser.error("reference folder lacks " + ", ".join(missing))
@@ -154,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(p for p in out.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
         print(f"{path.stat().st_size:>10,}  {path.relative_to(out)}")
-    print(f"{sum(p.stat().st_size for p in files):>10,}  in all")
+    total = sum(p.stat().st_size for p in files)
+    print(f"{total:>10,}  in all")
+    if total > BUDGET:
+        print(f"error: {out} holds {total:,} bytes, over its budget of {BUDGET:,}", file=sys.stderr)
+        return 1
     return 0
 
 
