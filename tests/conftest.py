@@ -92,7 +92,7 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def golden(reference_dir) -> dict[str, np.ndarray | None]:
+def golden_arrays(reference_dir) -> dict[str, np.ndarray | None]:
     """fixture_a's recorded outputs (see load_golden)."""
     return load_golden(reference_dir / "fixture_a")
 

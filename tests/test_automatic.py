@@ -416,7 +416,7 @@ def test_wraps_a_sam_model():
 
 
 @pytest.fixture(scope="module")
-def golden_amg(reference_dir, golden, fixture_checkpoint):
+def golden_amg(reference_dir, golden_arrays, fixture_checkpoint):
     """(model, image, generator kwargs, recorded outputs, recorded masks) of the fixture."""
     from mobile_sam import sam_model_registry
 
@@ -424,7 +424,7 @@ def golden_amg(reference_dir, golden, fixture_checkpoint):
     prompts = json.loads((root / "prompts.json").read_text())
     amg = prompts["amg"]
     info = next(i for i in prompts["images"] if i["name"] == amg["image"])
-    want = {k: golden[v] for k, v in amg["outputs"].items()}
+    want = {k: golden_arrays[v] for k, v in amg["outputs"].items()}
     h, w = info["height"], info["width"]
     want_masks = [np.unpackbits(row)[: h * w].reshape(h, w).astype(bool)
                   for row in want["segmentation_packbits"]]

@@ -37,7 +37,7 @@ def assert_masks_match(got: np.ndarray, want: np.ndarray, logits: np.ndarray, wh
 
 
 @pytest.fixture(scope="module")
-def fixture(reference_dir, golden, fixture_checkpoint):
+def fixture(reference_dir, golden_arrays, fixture_checkpoint):
     root = reference_dir / "fixture_a"
     prompts = json.loads((root / "prompts.json").read_text())
     model = sam_model_registry[prompts["model_type"]](checkpoint=fixture_checkpoint)
@@ -46,7 +46,7 @@ def fixture(reference_dir, golden, fixture_checkpoint):
         rgb = np.asarray(Image.open(root / info["file"]).convert("RGB"))
         assert hashlib.sha256(rgb.tobytes()).hexdigest() == info["sha256_rgb_uint8"]
         images[info["name"]] = (rgb, info)
-    return prompts, golden, model, images
+    return prompts, golden_arrays, model, images
 
 
 @pytest.mark.parametrize("image_name", ["truck_640x427", "dog_517x333", "groceries_gray_600x400"])

@@ -56,12 +56,12 @@ def exported(fixture_checkpoint, reference_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fixture_data(reference_dir, golden):
+def fixture_data(reference_dir, golden_arrays):
     root = reference_dir / "fixture_a"
     prompts = json.loads((root / "prompts.json").read_text())
     images = {info["name"]: np.asarray(Image.open(root / info["file"]).convert("RGB"))
               for info in prompts["images"]}
-    return prompts, golden, images
+    return prompts, golden_arrays, images
 
 
 @pytest.fixture(scope="session")

@@ -29,11 +29,11 @@ IMAGES = ["truck_640x427", "dog_517x333"]
 
 
 @pytest.fixture(scope="module")
-def golden(reference_dir):
+def golden(reference_dir, golden_arrays):
     root = reference_dir / "fixture_a"
     prompts = json.loads((root / "prompts.json").read_text())
     calls = {c["id"]: c for c in prompts["calls"]}
-    arrays = dict(np.load(root / "golden.npz"))
+    arrays = golden_arrays
     images = {info["name"]: np.asarray(Image.open(root / info["file"]).convert("RGB"))
               for info in prompts["images"]}
     return calls, arrays, images
