@@ -1,6 +1,8 @@
 """Shared test fixtures: where the reference data lives, tiny models, photos."""
 from __future__ import annotations
 
+import io
+import lzma
 import os
 import tempfile
 from pathlib import Path
@@ -13,14 +15,16 @@ import torch
 # exports and downloads go to a throw-away cache, never the user's; OpenVINO telemetry off.
 os.environ.setdefault("MOBILE_SAM_BACKEND", "torch")
 os.environ.setdefault("MOBILE_SAM_HOME", tempfile.mkdtemp(prefix="mobile_sam_test_home-"))
-os.environ.setdefault("CI", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(
-    os.environ.get("MOBILE_SAM_REFERENCE", REPO_ROOT.parent / "shared" / "reference")
-)
-# .ci/run sets MOBILE_SAM_REQUIRE_REFERENCE=1: there a missing fixture is a failure, not a skip.
-REQUIRE_REFERENCE = os.environ.get("MOBILE_SAM_REQUIRE_REFERENCE") == "1"
+DATA_DIR = REPO_ROOT / "tests" / "data"
+# The reference folder: tests/data (in the repository), or the full reference folder it was
+# made from (MOBILE_SAM_REFERENCE), which holds checkpoint.pt and golden.npz themselves.
+REFERENCE_DIR = Path(os.environ.get("MOBILE_SAM_REFERENCE", DATA_DIR))
+# tests/data's packed forms of fixture_a/checkpoint.pt and golden.npz (tests/data/README.md).
+CHECKPOINT_PACKED = "checkpoint_fp16.npz.xz"
+GOLDEN_PACKED = "golden_int16.npz.xz"
+GOLDEN_STEP_BITS = 12  # quantization step of the packed golden arrays: rms / 2**12
 
 
 # Prepended to code run in a subprocess to prove it works where torch cannot be imported.
@@ -34,15 +38,63 @@ BLOCK_TORCH = (
 )
 
 
+def read_packed(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an xz-compressed .npz written by tests/data/make_fixture.py."""
+    with np.load(io.BytesIO(lzma.decompress(path.read_bytes()))) as packed:
+        return {name: packed[name] for name in packed.files}
+
+
+def join_bytes(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """The 16-bit codes stored as `key.hi` and `key.lo` byte planes, as uint16."""
+    return (arrays[key + ".hi"].astype(np.uint16) << 8) | arrays[key + ".lo"]
+
+
+def rebuild_checkpoint(packed: Path, out: Path) -> Path:
+    """Write the float32 state dict packed as float16 in `packed` to `out` (torch.save)."""
+    arrays = read_packed(packed)
+    state = {}
+    for key in arrays["keys"].tolist():
+        if key in arrays:  # int64 buffers (BatchNorm num_batches_tracked)
+            state[key] = torch.from_numpy(arrays[key])
+        else:
+            half = join_bytes(arrays, key).view(np.float16)
+            state[key] = torch.from_numpy(half.astype(np.float32))
+    torch.save(state, out)
+    return out
+
+
+def load_golden(fixture_dir: Path) -> dict[str, np.ndarray | None]:
+    """fixture_a's recorded outputs by key: `golden.npz` as recorded, else tests/data's packed
+    form (large float arrays to within rms / 2**13, tests/data/README.md). Keys it leaves out
+    map to None."""
+    if (fixture_dir / "golden.npz").is_file():
+        with np.load(fixture_dir / "golden.npz") as golden:
+            return {key: golden[key] for key in golden.files}
+    arrays = read_packed(fixture_dir / GOLDEN_PACKED)
+    golden: dict[str, np.ndarray | None] = dict.fromkeys(arrays.pop("omitted").tolist())
+    for name, array in arrays.items():
+        key, _, part = name.rpartition(".")
+        if part == "step":
+            codes = join_bytes(arrays, key).view(np.int16)
+            golden[key] = codes.astype(np.float32) * array
+        elif part not in ("hi", "lo"):
+            golden[name] = array
+    return golden
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The shared reference folder (manifests, golden fixture, photos)."""
-    if not (REFERENCE_DIR / "fixture_a" / "golden.npz").is_file():
-        message = f"reference data not found at {REFERENCE_DIR} (set MOBILE_SAM_REFERENCE)"
-        if REQUIRE_REFERENCE:
-            pytest.fail(message)
-        pytest.skip(message)
+    """The folder holding fixture_a/ (the golden fixture) and the state-dict manifests."""
+    if not (REFERENCE_DIR / "fixture_a" / "prompts.json").is_file():
+        pytest.fail(f"reference data not found at {REFERENCE_DIR} (MOBILE_SAM_REFERENCE="
+                    f"{os.environ.get('MOBILE_SAM_REFERENCE')!r}; default tests/data)")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_arrays(reference_dir) -> dict[str, np.ndarray | None]:
+    """fixture_a's recorded outputs (see load_golden)."""
+    return load_golden(reference_dir / "fixture_a")
 
 
 @pytest.fixture(autouse=True)
@@ -91,9 +143,14 @@ def tiny_checkpoint(tiny_sam, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fixture_checkpoint(reference_dir) -> Path:
-    """The golden fixture's vit_t checkpoint (random weights, official layout)."""
-    return reference_dir / "fixture_a" / "checkpoint.pt"
+def fixture_checkpoint(reference_dir, tmp_path_factory) -> Path:
+    """The golden fixture's vit_t checkpoint.pt (random weights, official layout): the file
+    itself in a full reference folder, else rebuilt from tests/data's packed form."""
+    recorded = reference_dir / "fixture_a" / "checkpoint.pt"
+    if recorded.is_file():
+        return recorded
+    out = tmp_path_factory.mktemp("fixture_a") / "checkpoint.pt"
+    return rebuild_checkpoint(reference_dir / "fixture_a" / CHECKPOINT_PACKED, out)
 
 
 @pytest.fixture(scope="session")

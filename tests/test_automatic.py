@@ -416,7 +416,7 @@ def test_wraps_a_sam_model():
 
 
 @pytest.fixture(scope="module")
-def golden_amg(reference_dir):
+def golden_amg(reference_dir, golden_arrays, fixture_checkpoint):
     """(model, image, generator kwargs, recorded outputs, recorded masks) of the fixture."""
     from mobile_sam import sam_model_registry
 
@@ -424,13 +424,12 @@ def golden_amg(reference_dir):
     prompts = json.loads((root / "prompts.json").read_text())
     amg = prompts["amg"]
     info = next(i for i in prompts["images"] if i["name"] == amg["image"])
-    golden = np.load(root / "golden.npz")
-    want = {k: golden[v] for k, v in amg["outputs"].items()}
+    want = {k: golden_arrays[v] for k, v in amg["outputs"].items()}
     h, w = info["height"], info["width"]
     want_masks = [np.unpackbits(row)[: h * w].reshape(h, w).astype(bool)
                   for row in want["segmentation_packbits"]]
     image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
-    model = sam_model_registry[prompts["model_type"]](checkpoint=root / prompts["checkpoint"])
+    model = sam_model_registry[prompts["model_type"]](checkpoint=fixture_checkpoint)
     return model, image, amg, want, want_masks
 
 

@@ -57,36 +57,38 @@ def test_fingerprint_follows_weight_changes(tiny_sam):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_backend_fp32_fidelity_on_the_golden_fixture(backend, fixture_model, reference_dir):
+def test_backend_fp32_fidelity_on_the_golden_fixture(backend, fixture_model, reference_dir,
+                                                     golden_arrays):
     """fp32 fidelity of a non-torch backend: embedding max-abs <= 2e-3, every mask IoU >= 0.99."""
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     from PIL import Image
 
     root = reference_dir / "fixture_a"
-    golden = np.load(root / "golden.npz")
     prompts = json.loads((root / "prompts.json").read_text())
     predictor = SamPredictor(fixture_model, backend=backend)
     assert predictor.backend == backend
     for info in prompts["images"]:
         image = np.asarray(Image.open(root / info["file"]).convert("RGB"))
         predictor.set_image(image)
-        emb = predictor.get_image_embedding().numpy()
-        assert np.abs(emb - golden[f"{info['name']}/embedding"]).max() <= 2e-3
+        want = golden_arrays[f"{info['name']}/embedding"]
+        if want is not None:  # None: left out of tests/data (see its README)
+            assert np.abs(predictor.get_image_embedding().numpy() - want).max() <= 2e-3
         for call in prompts["calls"]:
             if call["image"] != info["name"] or call["api"] != "predict":
                 continue
             args = call["args"]
             mask_input = None
             if "mask_input" in args:
-                mask_input = golden[args["mask_input"]["npz_key"]][args["mask_input"]["index"]][None]
+                ref = args["mask_input"]
+                mask_input = golden_arrays[ref["npz_key"]][ref["index"]][None]
             masks, _, _ = predictor.predict(
                 point_coords=np.array(args["point_coords"]) if "point_coords" in args else None,
                 point_labels=np.array(args["point_labels"]) if "point_labels" in args else None,
                 box=np.array(args["box"]) if "box" in args else None,
                 mask_input=mask_input,
                 multimask_output=args["multimask_output"])
-            want = golden[call["outputs"]["masks"]]
+            want = golden_arrays[call["outputs"]["masks"]]
             for got_mask, want_mask in zip(masks, want):
                 union = (got_mask | want_mask).sum()
                 iou = 1.0 if union == 0 else (got_mask & want_mask).sum() / union

@@ -1,8 +1,8 @@
 """ONNX export and the torch-free runtime.
 
 The fixture checkpoint is exported once per session through the CLI (with int8); the runtime
-replays every recorded call of ../shared/reference/fixture_a and the automatic generator's
-run against the golden outputs. A tiny-config model (exported in a second) covers prompt
+replays every recorded call of the golden fixture (tests/data/fixture_a) and the automatic
+generator's run against the golden outputs. A tiny-config model (exported in a second) covers prompt
 combinations against SamPredictor, the decoder options, other opsets and the error paths.
 """
 from __future__ import annotations
@@ -42,10 +42,10 @@ IMAGES = ["truck_640x427", "dog_517x333", "groceries_gray_600x400"]
 
 
 @pytest.fixture(scope="session")
-def exported(fixture_checkpoint, tmp_path_factory) -> Path:
+def exported(fixture_checkpoint, reference_dir, tmp_path_factory) -> Path:
     """The fixture checkpoint exported once, through `mobile-sam export` with int8."""
     out = tmp_path_factory.mktemp("onnx") / "vit_t"
-    photos = [fixture_checkpoint.parent / f"{name}.png" for name in IMAGES]
+    photos = [reference_dir / "fixture_a" / f"{name}.png" for name in IMAGES]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(["export", "--model", str(fixture_checkpoint), "--out", str(out),
@@ -56,13 +56,12 @@ def exported(fixture_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fixture_data(reference_dir):
+def fixture_data(reference_dir, golden_arrays):
     root = reference_dir / "fixture_a"
     prompts = json.loads((root / "prompts.json").read_text())
-    golden = dict(np.load(root / "golden.npz"))
     images = {info["name"]: np.asarray(Image.open(root / info["file"]).convert("RGB"))
               for info in prompts["images"]}
-    return prompts, golden, images
+    return prompts, golden_arrays, images
 
 
 @pytest.fixture(scope="session")
@@ -223,8 +222,9 @@ def test_replay_fixture(onnx_predictor, fixture_data, image_name):
     for call in (c for c in prompts["calls"] if c["image"] == image_name):
         what = call["id"]
         if call["api"] == "get_image_embedding":
-            diff = np.abs(predictor.get_image_embedding() - golden[what]).max()
-            assert diff <= 2e-3, f"{what}: embedding max-abs {diff}"
+            if golden[what] is not None:  # None: left out of tests/data (see its README)
+                diff = np.abs(predictor.get_image_embedding() - golden[what]).max()
+                assert diff <= 2e-3, f"{what}: embedding max-abs {diff}"
             continue
         args, out = call["args"], call["outputs"]
         if call["api"] == "predict":

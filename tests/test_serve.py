@@ -615,18 +615,16 @@ def test_cli_serve_warns_for_public_host_and_checks_arguments(monkeypatch, fixtu
 # ------------------------------------------------------------------------------ real model
 
 
-def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir):
+def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir, golden_arrays):
     """The real vit_t architecture through HTTP: embedding and a box+point prompt on the dog
     photo match the reference's golden outputs."""
-    root = reference_dir / "fixture_a"
-    golden = np.load(root / "golden.npz")
-    data = (root / "dog_517x333.png").read_bytes()
+    data = (reference_dir / "fixture_a" / "dog_517x333.png").read_bytes()
     with TestClient(create_app(fixture_model)) as client:
         info = upload(client, data).json()
         assert (info["width"], info["height"]) == (517, 333)
         npy = client.get(f"/v1/images/{info['id']}/embedding")
         embedding = np.load(io.BytesIO(npy.content))
-        want = golden["dog_517x333/embedding"]
+        want = golden_arrays["dog_517x333/embedding"]
         assert np.abs(embedding - want).max() <= 2e-3
         assert np.linalg.norm(embedding - want) <= 2e-4 * np.linalg.norm(want)
         assert npy.headers["x-input-size"] == "660,1024"
@@ -635,13 +633,14 @@ def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir):
                   "box": [155.0, 33.25, 465.25, 199.75], "multimask_output": False}
         body = client.post(f"/v1/images/{info['id']}/predict", json=prompt).json()
     base = "dog_517x333/box_point/"
-    np.testing.assert_allclose(body["scores"], golden[base + "iou_predictions"], atol=1e-4)
+    np.testing.assert_allclose(body["scores"], golden_arrays[base + "iou_predictions"], atol=1e-4)
     with torch.inference_mode():
         logits = fixture_model.postprocess_masks(
-            torch.as_tensor(golden[base + "low_res_logits"])[None], (660, 1024), (333, 517))[0]
+            torch.as_tensor(golden_arrays[base + "low_res_logits"])[None], (660, 1024),
+            (333, 517))[0]
     care = np.abs(logits.numpy()) >= 2e-2
     got = decode_png_mask(body["masks"][0]) & care[0]
-    ref = golden[base + "masks"][0] & care[0]
+    ref = golden_arrays[base + "masks"][0] & care[0]
     assert ref.sum() > 1000
     assert (got & ref).sum() / (got | ref).sum() >= 0.99
     assert load_image(data).shape == (333, 517, 3)
