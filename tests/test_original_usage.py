@@ -270,9 +270,6 @@ def export_like_the_original_script(onnx_model, path: Path, dynamo: bool, opset:
         "orig_im_size": torch.tensor([1500, 2250], dtype=torch.float),
     }
     onnx_model(**dummy)
-    # The exporter puts SamOnnxModel back in its own mode afterwards, nn.Module's default train
-    # mode, which reaches every submodule: the wrapped (shared, session-wide) Sam's mode is kept.
-    wrapped_training = onnx_model.model.training
     output_names = ["masks", "iou_predictions", "low_res_masks"]
     if onnx_model.return_extra_metrics:
         output_names = ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
@@ -285,7 +282,6 @@ def export_like_the_original_script(onnx_model, path: Path, dynamo: bool, opset:
             dynamic_axes={"image_embeddings": {}, "point_coords": {1: "num_points"},
                           "point_labels": {1: "num_points"}},
         )
-    onnx_model.model.train(wrapped_training)
 
 
 @pytest.fixture(scope="module")
