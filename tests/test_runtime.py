@@ -159,7 +159,7 @@ def test_cache_keys_follow_the_weights(tiny_sam):
         assert after_decoder[1] != before[1]
 
 
-def test_interrupted_export_leaves_no_file(tiny_sam, monkeypatch):
+def test_interrupted_export_leaves_no_file(tiny_sam, monkeypatch, tmp_path):
     """An export that fails half-way leaves nothing in the cache folder, so the next call
     exports again instead of loading a partial file."""
     from mobile_sam.onnx import export
@@ -168,9 +168,10 @@ def test_interrupted_export_leaves_no_file(tiny_sam, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    model = copy.deepcopy(tiny_sam)
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))  # empty: the export must run
     monkeypatch.setattr(export, "export_encoder", fail)
     with pytest.raises(KeyboardInterrupt):
-        cache.cached_encoder_onnx(model)
-    folder = cache.encoder_onnx_folder(model)
+        cache.cached_encoder_onnx(tiny_sam)
+    folder = cache.encoder_onnx_folder(tiny_sam)
+    assert folder.is_relative_to(tmp_path)
     assert list(folder.iterdir()) == []
