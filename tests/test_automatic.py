@@ -311,7 +311,7 @@ def test_small_regions_removed_and_boxes_updated():
 
 
 def test_small_region_nms_prefers_unchanged_masks():
-    data = automatic._MaskData(
+    data = M.MaskData(
         rles=M.mask_to_rle(np.stack([np.pad(np.ones((10, 10), bool), 5)] * 2)),
         boxes=np.array([[5, 5, 14, 14]] * 2),
         iou_preds=np.array([0.9, 0.8], np.float32),

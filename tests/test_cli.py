@@ -213,7 +213,7 @@ def test_segment_continues_after_a_bad_image(capsys, tiny_checkpoint, tmp_path) 
 
 
 def test_output_names_do_not_collide(tmp_path) -> None:
-    from mobile_sam.cli.everything import output_bases
+    from mobile_sam.cli._common import output_bases
 
     images = [tmp_path / "x" / "a.png", tmp_path / "x" / "a.JPG", tmp_path / "x" / "y" / "a.png"]
     assert output_bases(images, tmp_path / "out") == [
@@ -301,6 +301,38 @@ def test_segment_errors(capsys, tiny_checkpoint, tmp_path, case, message) -> Non
     assert "Traceback" not in err and stdout == ""
     if out.is_dir():
         assert list(out.iterdir()) == []
+
+
+def test_segment_with_a_training_output(capsys, tiny_sam, predictor, tmp_path,
+                                        monkeypatch) -> None:
+    """--model takes what `mobile_sam.train` writes: the model is built from the file's own
+    config, with no variant registered for it."""
+    from mobile_sam.train.models import save_model
+
+    monkeypatch.delitem(build.VARIANTS, "tiny")
+    path = save_model(tmp_path / "student.pt", tiny_sam, tiny_sam_config())
+    assert "config" in torch.load(path, weights_only=True)
+    code, _, err = run_cli(capsys, "segment", BUS, "--point", "240,400", "--model", path,
+                           "--out", tmp_path / "out")
+    assert (code, err) == (0, "")
+    expected, _, _ = predictor.predict(np.array([[240, 400]]), np.array([1]),
+                                       multimask_output=False)
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "bus_480x640_mask_0.png"),
+                                  expected[0])
+
+
+def test_threads_must_be_positive(capsys, tiny_checkpoint, tmp_path) -> None:
+    code, out, err = run_cli(capsys, "segment", BUS, "--point", "1,1", "--model", tiny_checkpoint,
+                             "--threads", "0", "--out", tmp_path)
+    assert (code, out) == (1, "")
+    assert error_lines(err) == ["mobile-sam segment: error: --threads must be >= 1, got 0"]
+
+
+def test_version(capsys) -> None:
+    import mobile_sam
+
+    code, out, err = run_cli(capsys, "--version")
+    assert (code, out, err) == (0, f"mobile-sam {mobile_sam.__version__}\n", "")
 
 
 def test_debug_shows_the_traceback(capsys, tmp_path) -> None:

@@ -18,7 +18,8 @@ FAST = {"workers": 0, "progress": False}
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mobile_sam.train.models import config_to_dict, load_any
+    from mobile_sam.build import config_to_dict
+    from mobile_sam.train.models import load_any
     from mobile_sam.train.teacher_cache import build_cache
 
     root = tmp_path_factory.mktemp("distill")
@@ -119,7 +120,7 @@ def test_run_folder_and_config_refusals(setup, tmp_path):
 def test_bad_inputs_fail_before_training(setup, tmp_path):
     from dataclasses import replace
 
-    from mobile_sam.train.models import config_to_dict
+    from mobile_sam.build import config_to_dict
     from mobile_sam.train.teacher_cache import CacheError
 
     run = tmp_path / "run"

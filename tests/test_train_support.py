@@ -36,7 +36,7 @@ def save_tiny(path: Path, config, seed: int = 0, decoder_from=None) -> Path:
     `decoder_from`: a model whose prompt encoder and mask decoder are copied in (what a
     distilled student carries)."""
     from mobile_sam.build import build_sam
-    from mobile_sam.train.models import config_to_dict, load_prompt_decoder, prompt_decoder_state
+    from mobile_sam.train.models import load_prompt_decoder, prompt_decoder_state, save_model
 
     torch.manual_seed(seed)
     model = build_sam(config)
@@ -46,8 +46,7 @@ def save_tiny(path: Path, config, seed: int = 0, decoder_from=None) -> Path:
             module.running_var.uniform_(0.5, 1.5)
     if decoder_from is not None:
         load_prompt_decoder(model, prompt_decoder_state(decoder_from), "test")
-    torch.save({"config": config_to_dict(config), "model": model.state_dict()}, path)
-    return path
+    return save_model(path, model, config)
 
 
 def make_images(folder: Path, n: int, seed: int = 0, broken: bool = False) -> list[Path]:
@@ -79,8 +78,7 @@ def make_images(folder: Path, n: int, seed: int = 0, broken: bool = False) -> li
 def test_config_dict_round_trip():
     import dataclasses
 
-    from mobile_sam.build import VARIANTS
-    from mobile_sam.train.models import config_from_dict, config_to_dict
+    from mobile_sam.build import VARIANTS, config_from_dict, config_to_dict
 
     for config in [*VARIANTS.values(), tiny_sam_config(), tiny_teacher_config()]:
         as_json = json.loads(json.dumps(config_to_dict(config)))
@@ -90,8 +88,7 @@ def test_config_dict_round_trip():
 
 
 def test_config_from_dict_names_bad_fields():
-    from mobile_sam.build import CheckpointError
-    from mobile_sam.train.models import config_from_dict, config_to_dict
+    from mobile_sam.build import CheckpointError, config_from_dict, config_to_dict
 
     bad = config_to_dict(tiny_sam_config())
     bad["encoder"]["depthz"] = 3

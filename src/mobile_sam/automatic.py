@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mobile_sam.masks import (
+    MaskData,
     area_from_rle,
     box_area,
     box_xyxy_to_xywh,
@@ -79,50 +80,10 @@ def _unpack_masks(packed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=h * w).reshape(len(packed), h, w).view(bool)
 
 
-class _MaskData:
-    """Per-mask columns: numpy arrays with the mask on axis 0, plus the masks themselves:
-    bit-packed ("packed") until a crop's NMS, then a list of RLEs ("rles")."""
-
-    def __init__(self, **columns: Any) -> None:
-        self.columns: dict[str, Any] = columns
-
-    def __len__(self) -> int:
-        return len(self.columns["iou_preds"])
-
-    def __getitem__(self, key: str) -> Any:
-        return self.columns[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.columns[key] = value
-
-    def filter(self, keep: np.ndarray) -> None:
-        """Keep rows by a bool mask or by indices (in that order)."""
-        keep = np.asarray(keep)
-        if keep.dtype == bool:
-            keep = np.nonzero(keep)[0]
-        for key, value in self.columns.items():
-            if isinstance(value, list):
-                self.columns[key] = [value[i] for i in keep]
-            else:
-                self.columns[key] = value[keep]
-
-    @staticmethod
-    def cat(parts: list[_MaskData]) -> _MaskData:
-        keys = parts[0].columns.keys()
-        out = {}
-        for key in keys:
-            values = [p.columns[key] for p in parts]
-            if isinstance(values[0], list):
-                out[key] = [item for v in values for item in v]
-            else:
-                out[key] = np.concatenate(values, axis=0)
-        return _MaskData(**out)
-
-
-def _empty_data(crop_size: tuple[int, int]) -> _MaskData:
+def _empty_data(crop_size: tuple[int, int]) -> MaskData:
     """No candidate masks of a crop of `crop_size` (h, w), in their packed form."""
     h, w = crop_size
-    return _MaskData(
+    return MaskData(
         packed=np.zeros((0, -(-h * w // 8)), dtype=np.uint8),
         boxes=np.zeros((0, 4), dtype=np.int64),
         iou_preds=np.zeros(0, dtype=np.float32),
@@ -348,7 +309,7 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"image is empty: shape {image.shape}")
         return image
 
-    def _generate_masks(self, image: np.ndarray) -> _MaskData:
+    def _generate_masks(self, image: np.ndarray) -> MaskData:
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
@@ -357,7 +318,7 @@ class SamAutomaticMaskGenerator:
             self._process_crop(image, crop_box, layer_idx, orig_size)
             for crop_box, layer_idx in zip(crop_boxes, layer_idxs)
         ]
-        data = _MaskData.cat(parts)
+        data = MaskData.concat(parts)
 
         if len(crop_boxes) > 1:
             # Prefer masks from smaller crops (float32 scores, as the original's 1 / int area).
@@ -371,7 +332,7 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         layer_idx: int,
         orig_size: tuple[int, int],
-    ) -> _MaskData:
+    ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         crop_h, crop_w = cropped.shape[:2]
@@ -396,11 +357,12 @@ class SamAutomaticMaskGenerator:
                         parts.append(self._process_batch(batch, crop_box, orig_size, covered))
         finally:
             self.predictor.reset_image()
-        data = _MaskData.cat(parts)
+        data = MaskData.concat(parts)
 
         # Remove duplicates within this crop; only the masks kept are run-length encoded.
         data.filter(nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
-        packed = data.columns.pop("packed")
+        packed = data["packed"]
+        del data["packed"]
         data["rles"] = []
         for start in range(0, len(packed), _RLE_CHUNK):
             masks = _unpack_masks(packed[start : start + _RLE_CHUNK], (crop_h, crop_w))
@@ -418,7 +380,7 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         orig_size: tuple[int, int],
         covered: np.ndarray | None = None,
-    ) -> _MaskData:
+    ) -> MaskData:
         """Decode one batch of points; `covered` (crop-sized bool), if given, is or-ed with
         every mask kept."""
         orig_h, orig_w = orig_size
@@ -468,7 +430,7 @@ class SamAutomaticMaskGenerator:
                 if confident.any():
                     covered |= masks[confident].any(axis=0)
             parts.append(
-                _MaskData(
+                MaskData(
                     packed=_pack_masks(masks),
                     boxes=boxes,
                     iou_preds=iou_preds[idx].astype(np.float32),
@@ -476,12 +438,12 @@ class SamAutomaticMaskGenerator:
                     stability_score=stability,
                 )
             )
-        return _MaskData.cat(parts)
+        return MaskData.concat(parts)
 
     @staticmethod
     def postprocess_small_regions(
-        mask_data: _MaskData, min_area: float, nms_thresh: float
-    ) -> _MaskData:
+        mask_data: MaskData, min_area: float, nms_thresh: float
+    ) -> MaskData:
         """Fill small holes and remove small islands in every mask, then NMS again, preferring
         masks that did not change. Changed masks that survive get their new RLE and box."""
         if len(mask_data) == 0:

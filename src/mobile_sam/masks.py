@@ -8,14 +8,17 @@ thresholds and ties decide the same way.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 __all__ = [
+    "MaskData",
     "area_from_rle",
+    "batch_iterator",
     "box_area",
     "box_iou",
     "box_xyxy_to_xywh",
@@ -38,6 +41,124 @@ __all__ = [
 ]
 
 RLE = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- per-mask data
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "cpu")  # a torch tensor, duck-typed
+
+
+class MaskData:
+    """Columns of per-mask values (numpy arrays, torch tensors or lists; the mask on axis 0),
+    filtered and concatenated together. ``None`` columns stay ``None``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            self._check(key, value)
+        self._stats: dict[str, Any] = dict(kwargs)
+
+    @staticmethod
+    def _check(key: str, value: Any) -> None:
+        if value is not None and not isinstance(value, (list, np.ndarray)) and not _is_tensor(value):
+            raise TypeError(f"MaskData column {key!r} must be a list, numpy array or torch "
+                            f"tensor, got {type(value).__name__}")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check(key, value)
+        self._stats[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._stats[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._stats[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._stats
+
+    def __len__(self) -> int:
+        for value in self._stats.values():
+            if value is not None:
+                return len(value)
+        return 0
+
+    def items(self) -> Any:
+        return self._stats.items()
+
+    def filter(self, keep: Any) -> None:
+        """Keep rows by a bool mask or by indices (numpy or torch), in that order."""
+        keep = np.asarray(keep.detach().cpu() if _is_tensor(keep) else keep)
+        if keep.dtype == bool:
+            keep = np.flatnonzero(keep)
+        keep = keep.astype(np.int64, copy=False)
+        for key, value in self._stats.items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                self._stats[key] = [value[i] for i in keep]
+            elif _is_tensor(value):
+                import torch
+
+                self._stats[key] = value[torch.as_tensor(keep, device=value.device)]
+            else:
+                self._stats[key] = value[keep]
+
+    def cat(self, new_stats: MaskData) -> None:
+        """Append the rows of `new_stats`, column by column."""
+        for key, value in new_stats.items():
+            mine = self._stats.get(key)
+            if mine is None:
+                self._stats[key] = copy.deepcopy(value)
+            elif isinstance(mine, list):
+                self._stats[key] = mine + copy.deepcopy(value)
+            elif _is_tensor(mine):
+                import torch
+
+                self._stats[key] = torch.cat([mine, value], dim=0)
+            else:
+                self._stats[key] = np.concatenate([mine, value], axis=0)
+
+    @classmethod
+    def concat(cls, parts: Sequence[MaskData]) -> MaskData:
+        """The rows of every part, in order, in one pass (no copies of the first part)."""
+        if not parts:
+            return cls()
+        out = cls(**{key: value for key, value in parts[0].items()})
+        rest = parts[1:]
+        for key, value in out.items():
+            if not rest or value is None:
+                continue
+            values = [value] + [p[key] for p in rest]
+            if isinstance(value, list):
+                out._stats[key] = [item for v in values for item in v]
+            elif _is_tensor(value):
+                import torch
+
+                out._stats[key] = torch.cat(values, dim=0)
+            else:
+                out._stats[key] = np.concatenate(values, axis=0)
+        return out
+
+    def to_numpy(self) -> None:
+        """Turn tensor columns into numpy arrays."""
+        for key, value in self._stats.items():
+            if _is_tensor(value):
+                self._stats[key] = value.detach().cpu().numpy()
+
+
+def batch_iterator(batch_size: int, *args: Sequence[Any]) -> Iterator[list[Any]]:
+    """Slices of `batch_size` rows of each argument (all of one length), batch by batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not args:
+        return
+    n = len(args[0])
+    if any(len(a) != n for a in args):
+        raise ValueError(f"batched arguments must have one length, got {[len(a) for a in args]}")
+    for start in range(0, n, batch_size):
+        yield [a[start:start + batch_size] for a in args]
 
 
 # --------------------------------------------------------------------------- grids and crops

@@ -47,7 +47,7 @@ class SamPredictor:
             tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
             self.set_torch_image(tensor, image.shape[:2])
             return
-        x, input_size = prepare_image(image, self.model.img_size)
+        x, input_size = prepare_image(image, self.model.img_size, *self.model.normalization)
         self.set_image_embedding(self._encode(x), image.shape[:2], input_size)
 
     def _encode(self, x) -> torch.Tensor:

@@ -11,7 +11,7 @@ module imports numpy and Pillow only; the `*_torch` methods work on whatever ten
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,7 +37,8 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """H, W, 3 uint8 -> h', w', 3 uint8 with the longest side at target_length."""
         new_h, new_w = get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        # A writable array, as the original returns: callers wrap it with torch.as_tensor.
+        return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
     def _scale_coords(self, coords: Any, original_size: tuple[int, int]) -> Any:
         old_h, old_w = original_size
@@ -63,14 +64,28 @@ class ResizeLongestSide:
         """Tensor version of `apply_boxes`."""
         return self._scale_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
+    def apply_image_torch(self, image: Any) -> Any:
+        """B, C, H, W float tensor -> B, C, h', w' with the longest side at target_length.
 
-def normalize_and_pad(image: Any, size: int) -> Any:
+        Antialiased bilinear interpolation in torch: close to, but not the same numbers as,
+        `apply_image` (Pillow on uint8), which the predictor uses.
+        """
+        import torch.nn.functional as F
+
+        new_h, new_w = get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        return F.interpolate(image, (new_h, new_w), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+
+def normalize_and_pad(image: Any, size: int, pixel_mean: Sequence[float] = PIXEL_MEAN,
+                      pixel_std: Sequence[float] = PIXEL_STD) -> Any:
     """(..., 3, h, w) image on the 0-255 scale (numpy array or torch tensor) -> float32
-    (..., 3, size, size): normalised with SAM's mean/std, zeros at the bottom and right."""
+    (..., 3, size, size): normalised with the mean/std (SAM's by default), zeros at the
+    bottom and right."""
     h, w = image.shape[-2:]
     if isinstance(image, np.ndarray):
         out = np.zeros(image.shape[:-2] + (size, size), np.float32)
-        for c, (mean, std) in enumerate(zip(PIXEL_MEAN, PIXEL_STD)):
+        for c, (mean, std) in enumerate(zip(pixel_mean, pixel_std)):
             # In place, channel by channel: the same float32 values as (x - mean) / std
             # without the full-size temporaries (half the time).
             dst = out[..., c, :h, :w]
@@ -78,18 +93,19 @@ def normalize_and_pad(image: Any, size: int) -> Any:
             np.divide(dst, np.float32(std), out=dst)
         return out
     x = image.float()
-    mean = x.new_tensor(PIXEL_MEAN)[:, None, None]
-    std = x.new_tensor(PIXEL_STD)[:, None, None]
+    mean = x.new_tensor(pixel_mean)[:, None, None]
+    std = x.new_tensor(pixel_std)[:, None, None]
     out = x.new_zeros(x.shape[:-2] + (size, size))
     out[..., :h, :w] = (x - mean) / std
     return out
 
 
-def prepare_image(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def prepare_image(image: np.ndarray, size: int, pixel_mean: Sequence[float] = PIXEL_MEAN,
+                  pixel_std: Sequence[float] = PIXEL_STD) -> tuple[np.ndarray, tuple[int, int]]:
     """H, W, 3 uint8 RGB -> (1, 3, size, size float32 model input, (h', w') resized size)."""
     resized = ResizeLongestSide(size).apply_image(image)
     chw = np.ascontiguousarray(resized.transpose(2, 0, 1))[None]
-    return normalize_and_pad(chw, size), resized.shape[:2]
+    return normalize_and_pad(chw, size, pixel_mean, pixel_std), resized.shape[:2]
 
 
 def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:

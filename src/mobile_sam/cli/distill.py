@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import UserError
+from ._common import set_threads
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -86,14 +86,9 @@ def _no_step(parser: argparse.ArgumentParser) -> int:
 
 
 def _setup(args: argparse.Namespace):
-    import torch
-
     from ..train import dist
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return dist.init(args.device)
 
 

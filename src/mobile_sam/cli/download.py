@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._common import report
+
 
 def _checkpoint_name(text: str):
     from ..weights import CHECKPOINTS, find_checkpoint
@@ -76,7 +78,6 @@ def list_checkpoints() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..weights import CHECKPOINTS, WeightsDownloadError, ensure_checkpoint
-    from .everything import report
 
     if args.all:
         specs = list(CHECKPOINTS.values())

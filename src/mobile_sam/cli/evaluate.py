@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import UserError
+from ._common import UserError, set_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..train.data import list_images
     from ..train.dist import resolve_device
     from ..train.evaluate import (DEFAULT_PROMPTS, EvalSettings, evaluate, format_table,
@@ -46,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(prompts=tuple(parse_prompts(args.prompts or DEFAULT_PROMPTS)), seed=args.seed,
                             grid=args.grid, max_masks=args.max_masks, reference=args.reference)
     settings.check()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     items = list_images(args.images)[: args.max_images]

@@ -5,92 +5,23 @@ with COCO RLE, area, XYWH bbox, predicted IoU, stability score, prompt point and
 `<name>_overlay.png` (each mask in its own colour). Folders are walked recursively; outputs
 mirror the inputs' folders under --out, so equal file names in different folders never
 collide. Images whose outputs exist are skipped unless --overwrite.
-
-Also holds the input/output naming shared with `segment` (kept torch-free: the parser of every
-subcommand is built on each run of `mobile-sam`).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UserError, add_backend_arguments, add_common_arguments, load_model_from_args
+from ._common import (UserError, add_backend_arguments, add_common_arguments, display_name,
+                      load_model, output_bases, prepare_out_dir, report)
 
 if TYPE_CHECKING:
     from ..api import Result
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-# ------------------------------------------------------------------ shared with `segment`
-
-
-def report(command: str, message: str) -> None:
-    """Print one error line for one input, without breaking a progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(f"mobile-sam {command}: error: {message}", file=sys.stderr)
-
-
-def load_model(args: argparse.Namespace):
-    """`load_model_from_args`, with the download progress bar shown only on a terminal (so
-    that an offline run prints its one error line and nothing else)."""
-    from ..weights import resolve_checkpoint
-
-    args.model = str(resolve_checkpoint(args.model, progress=sys.stderr.isatty()))
-    return load_model_from_args(args)
-
-
-def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the output folder (and its parents); a clear `UserError` when that fails."""
-    out = Path(path).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in [out, *out.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            reason = f"{blocker} is a file, not a folder"
-        else:
-            reason = exc.strerror or str(exc)
-        raise UserError(f"cannot create output folder {out}: {reason}") from None
-    if not out.is_dir():
-        raise UserError(f"cannot use output folder {out}: it is a file")
-    if not os.access(out, os.W_OK):
-        raise UserError(f"cannot write to output folder {out}: permission denied")
-    return out
-
-
-def output_bases(images: list[Path], out_dir: Path) -> list[Path]:
-    """The output path without suffix for each image: `out_dir / <folder> / <stem>`.
-
-    `<folder>` is the image's folder relative to the deepest folder holding all the inputs,
-    so a single folder's tree is mirrored and equal stems in different folders stay apart.
-    Images with the same stem in the same folder (`a.png`, `a.jpg`) get `_<ext>` appended.
-    """
-    if not images:
-        return []
-    absolute = [Path(os.path.abspath(p)) for p in images]
-    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-    rel = [p.parent.relative_to(root) / p.stem for p in absolute]
-    counts: dict[Path, int] = {}
-    for r in rel:
-        counts[r] = counts.get(r, 0) + 1
-    bases = []
-    for r, p in zip(rel, absolute, strict=True):
-        if counts[r] > 1:
-            r = r.parent / f"{r.name}_{p.suffix.lstrip('.').lower() or 'noext'}"
-        bases.append(out_dir / r)
-    return bases
-
-
-def display_name(image: Path, base: Path, out_dir: Path) -> str:
-    """The image's path relative to the inputs' common folder, e.g. `sub/a.png` (POSIX)."""
-    return (base.relative_to(out_dir).parent / image.name).as_posix()
 
 
 def collect_images(inputs: list[str], exclude: Path | None,

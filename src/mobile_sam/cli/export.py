@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import UserError, add_common_arguments
+from ._common import UserError, add_common_arguments, load_model, prepare_out_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
                         "pip install 'mobile_sam[onnx]'") from None
     from ..io import load_image
     from ..onnx.export import DEFAULT_OPSET, check_opset, export_onnx
-    from .everything import load_model, prepare_out_dir
 
     opset = check_opset(DEFAULT_OPSET if args.opset is None else args.opset)
     if args.device != "cpu":

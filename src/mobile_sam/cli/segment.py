@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import add_backend_arguments, add_common_arguments
-from .everything import display_name, load_model, output_bases, prepare_out_dir, report
+from ._common import (add_backend_arguments, add_common_arguments, display_name, load_model,
+                      output_bases, prepare_out_dir, report)
 
 if TYPE_CHECKING:
     from ..api import Result

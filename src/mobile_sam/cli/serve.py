@@ -5,7 +5,7 @@ import argparse
 import ipaddress
 import sys
 
-from . import UserError, add_backend_arguments, add_common_arguments, load_model_from_args
+from ._common import UserError, add_backend_arguments, add_common_arguments, load_model
 
 DEFAULT_PORT = 8000
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serve import create_app
 
-    model = load_model_from_args(args)
+    model = load_model(args)
     app = create_app(
         model,
         backend=args.backend,

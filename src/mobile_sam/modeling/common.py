@@ -37,8 +37,11 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """`num_layers` Linear layers with ReLU between them (decoder heads)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+                 sigmoid_output: bool = False) -> None:
         super().__init__()
+        self.num_layers = num_layers
+        self.sigmoid_output = sigmoid_output
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
@@ -49,15 +52,15 @@ class MLP(nn.Module):
             x = layer(x)
             if i < last:
                 x = torch.relu(x)
-        return x
+        return torch.sigmoid(x) if self.sigmoid_output else x
 
 
 class DropPath(nn.Module):
     """Stochastic depth: drops whole residual branches per sample while training."""
 
-    def __init__(self, drop_prob: float = 0.0) -> None:
+    def __init__(self, drop_prob: float | None = None) -> None:
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob = float(drop_prob or 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:

@@ -5,16 +5,18 @@ import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
-    def __init__(self, transformer_dim: int = 256, transformer: nn.Module | None = None,
-                 num_multimask_outputs: int = 3, iou_head_depth: int = 3,
-                 iou_head_hidden_dim: int = 256) -> None:
+    """Predicts masks from an image embedding and prompt embeddings with `transformer`
+    (SAM: a `TwoWayTransformer`); 1 + `num_multimask_outputs` mask tokens and an IoU head."""
+
+    def __init__(self, *, transformer_dim: int, transformer: nn.Module,
+                 num_multimask_outputs: int = 3, activation: type[nn.Module] = nn.GELU,
+                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
-        self.transformer = transformer if transformer is not None else TwoWayTransformer()
+        self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.num_mask_tokens = num_multimask_outputs + 1
@@ -22,9 +24,9 @@ class MaskDecoder(nn.Module):
         self.output_upscaling = nn.Sequential(
             nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
             LayerNorm2d(transformer_dim // 4),
-            nn.GELU(),
+            activation(),
             nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
+            activation(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)

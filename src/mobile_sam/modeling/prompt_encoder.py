@@ -38,11 +38,14 @@ def prompt_points(points: tuple[torch.Tensor, torch.Tensor] | None,
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of normalised XY coordinates: [sin, cos] of 2π·(2x−1)·G."""
 
-    def __init__(self, num_pos_feats: int = 128) -> None:
+    def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
-        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
+        if scale is None or scale <= 0.0:
+            scale = 1.0
+        self.register_buffer("positional_encoding_gaussian_matrix",
+                             scale * torch.randn(2, num_pos_feats))
 
-    def _encode(self, coords: torch.Tensor) -> torch.Tensor:
+    def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
         """coords in [0, 1], shape (..., 2) -> (..., 2·num_pos_feats)."""
         coords = 2 * coords - 1
         coords = coords @ self.positional_encoding_gaussian_matrix
@@ -56,18 +59,25 @@ class PositionEmbeddingRandom(nn.Module):
         ys = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
         xs = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
         grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
-        return self._encode(grid).permute(2, 0, 1)
+        return self._pe_encoding(grid).permute(2, 0, 1)
 
-    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """coords: B, N, 2 XY pixels of the padded input image -> B, N, C."""
+    def forward_with_coords(self, coords_input: torch.Tensor,
+                            image_size: tuple[int, int]) -> torch.Tensor:
+        """coords_input: B, N, 2 XY pixels of the padded input image -> B, N, C."""
         h, w = image_size
-        coords = torch.stack([coords[..., 0] / w, coords[..., 1] / h], dim=-1)
-        return self._encode(coords.to(self.positional_encoding_gaussian_matrix.dtype))
+        coords = torch.stack([coords_input[..., 0] / w, coords_input[..., 1] / h], dim=-1)
+        return self._pe_encoding(coords.to(self.positional_encoding_gaussian_matrix.dtype))
 
 
 class PromptEncoder(nn.Module):
-    def __init__(self, embed_dim: int = 256, image_embedding_size: tuple[int, int] = (64, 64),
-                 input_image_size: tuple[int, int] = (1024, 1024), mask_in_chans: int = 16) -> None:
+    """Embeds points, boxes and a low-res mask for the mask decoder (SAM: embed_dim 256,
+    a 64×64 embedding of a 1024×1024 input, mask_in_chans 16)."""
+
+    num_point_embeddings = 4  # negative, positive, box top-left, box bottom-right
+
+    def __init__(self, embed_dim: int, image_embedding_size: tuple[int, int],
+                 input_image_size: tuple[int, int], mask_in_chans: int,
+                 activation: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
@@ -80,10 +90,10 @@ class PromptEncoder(nn.Module):
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans // 4),
-            nn.GELU(),
+            activation(),
             nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans),
-            nn.GELU(),
+            activation(),
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .common import DropPath, LayerNorm2d
 
 
 @dataclass(frozen=True)
 class TinyViTConfig:
+    """A TinyViT encoder's architecture; `TinyViT(**asdict(config))` builds it."""
+
     img_size: int = 1024
     in_chans: int = 3
     num_classes: int = 1000
@@ -31,6 +35,12 @@ class TinyViTConfig:
     merge_strides: tuple[int, ...] = (2, 2, 1)
     drop_path_rate: float = 0.0
     out_chans: int = 256
+    local_conv_size: int = 3
+
+
+def default_merge_strides(embed_dims: Sequence[int]) -> tuple[int, ...]:
+    """The original's rule: a patch merging into 320, 448 or 576 channels keeps stride 1."""
+    return tuple(1 if d in (320, 448, 576) else 2 for d in embed_dims[1:])
 
 
 class ConvBN(nn.Sequential):
@@ -41,6 +51,18 @@ class ConvBN(nn.Sequential):
         super().__init__()
         self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_ch))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """One Conv2d with a bias computing what this block computes in eval mode."""
+        conv, bn = self.c, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, conv.groups, bias=True,
+                          device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused
 
 
 class PatchEmbed(nn.Module):
@@ -191,28 +213,31 @@ class WindowAttention(nn.Module):
 class TokenMLP(nn.Module):
     """LayerNorm, Linear, GELU, Linear (TinyViT's MLP carries its own norm)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
 
 
 class TinyViTBlock(nn.Module):
     """Window attention + residual, 3×3 depthwise "local conv", MLP + residual."""
 
     def __init__(self, dim: int, resolution: int, num_heads: int, window: int,
-                 mlp_ratio: float, drop_path: float) -> None:
+                 mlp_ratio: float, drop_path: float, drop: float = 0.0,
+                 local_conv_size: int = 3) -> None:
         super().__init__()
         self.resolution = resolution
         self.window = window
         self.attn = WindowAttention(dim, num_heads, window)
-        self.mlp = TokenMLP(dim, int(dim * mlp_ratio))
-        self.local_conv = ConvBN(dim, dim, 3, 1, 1, groups=dim)
+        self.mlp = TokenMLP(dim, int(dim * mlp_ratio), drop)
+        pad = local_conv_size // 2
+        self.local_conv = ConvBN(dim, dim, local_conv_size, 1, pad, groups=dim)
         self.drop_path = DropPath(drop_path)
 
     def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,82 +268,148 @@ class TinyViTBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class ConvStage(nn.Module):
-    """Stage 0: MBConv blocks then patch merging."""
+class Stage(nn.Module):
+    """Blocks, then patch merging (none in the last stage).
 
-    def __init__(self, dim: int, out_dim: int, stride: int, resolution: int, depth: int,
-                 expand_ratio: float, drop_paths: list[float]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio, dp) for dp in drop_paths[:depth])
-        self.downsample = PatchMerging(resolution, dim, out_dim, stride)
+    With `use_checkpoint`, each block's activations are recomputed in the backward pass
+    instead of kept (training with gradients only).
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.downsample(x)
-
-
-class AttentionStage(nn.Module):
-    """Stages 1-3: TinyViT blocks, then patch merging except in the last stage."""
-
-    def __init__(self, dim: int, out_dim: int | None, stride: int, resolution: int, depth: int,
-                 num_heads: int, window: int, mlp_ratio: float, drop_paths: list[float]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio, dp) for dp in drop_paths[:depth]
-        )
-        self.downsample = (
-            PatchMerging(resolution, dim, out_dim, stride) if out_dim is not None else None
-        )
+    blocks: nn.ModuleList
+    downsample: nn.Module | None
+    use_checkpoint: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
 
 
-class TinyViT(nn.Module):
-    """MobileSAM's image encoder: B, 3, S, S normalised image -> B, 256, S/16, S/16 embedding."""
+class ConvStage(Stage):
+    """Stage 0: MBConv blocks then patch merging."""
 
-    def __init__(self, config: TinyViTConfig = TinyViTConfig()) -> None:
+    def __init__(self, dim: int, out_dim: int, stride: int, resolution: int, depth: int,
+                 expand_ratio: float, drop_paths: list[float], use_checkpoint: bool = False) -> None:
         super().__init__()
-        self.config = config
-        dims = config.embed_dims
-        self.img_size = config.img_size
-        self.patch_embed = PatchEmbed(config.in_chans, dims[0])
-        n_blocks = sum(config.depths)
-        drop_paths = [config.drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
-        resolution = config.img_size // 4
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio, dp) for dp in drop_paths[:depth])
+        self.downsample = PatchMerging(resolution, dim, out_dim, stride)
+        self.use_checkpoint = use_checkpoint
+
+
+class AttentionStage(Stage):
+    """Stages 1-3: TinyViT blocks, then patch merging except in the last stage."""
+
+    def __init__(self, dim: int, out_dim: int | None, stride: int, resolution: int, depth: int,
+                 num_heads: int, window: int, mlp_ratio: float, drop_paths: list[float],
+                 drop: float = 0.0, local_conv_size: int = 3, use_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio, dp, drop, local_conv_size)
+            for dp in drop_paths[:depth]
+        )
+        self.downsample = (
+            PatchMerging(resolution, dim, out_dim, stride) if out_dim is not None else None
+        )
+        self.use_checkpoint = use_checkpoint
+
+
+class TinyViT(nn.Module):
+    """MobileSAM's image encoder: B, 3, S, S normalised image -> B, 256, S/16, S/16 embedding.
+
+    The arguments are the original's (its defaults are TinyViT-21M's; MobileSAM is
+    `TinyViT(**asdict(TinyViTConfig()))`, i.e. img_size=1024, embed_dims=[64, 128, 160, 320],
+    depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7]). Training
+    options: `drop_rate` (MLP dropout), `drop_path_rate` (stochastic depth, rising linearly
+    over the blocks), `use_checkpoint` (gradient checkpointing per block) and `layer_lr_decay`
+    (see `set_layer_lr_decay`). `merge_strides` and `out_chans` are this package's additions
+    for other students; by default the strides follow the original's rule.
+    """
+
+    def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dims: Sequence[int] = (96, 192, 384, 768),
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_sizes: Sequence[int] = (7, 7, 14, 7), mlp_ratio: float = 4.0,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.1, use_checkpoint: bool = False,
+                 mbconv_expand_ratio: float = 4.0, local_conv_size: int = 3,
+                 layer_lr_decay: float = 1.0, *, merge_strides: Sequence[int] | None = None,
+                 out_chans: int = 256) -> None:
+        super().__init__()
+        dims = list(embed_dims)
+        strides = (default_merge_strides(dims) if merge_strides is None
+                   else tuple(merge_strides))
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.depths = list(depths)
+        self.num_layers = len(self.depths)
+        self.mlp_ratio = mlp_ratio
+        self.patch_embed = PatchEmbed(in_chans, dims[0])
+        resolution = img_size // 4
+        self.patches_resolution = (resolution, resolution)
+        n_blocks = sum(self.depths)
+        drop_paths = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.layers = nn.ModuleList()
         start = 0
-        for i, depth in enumerate(config.depths):
+        for i, depth in enumerate(self.depths):
             dp = drop_paths[start:start + depth]
             start += depth
-            last = i == len(config.depths) - 1
+            last = i == self.num_layers - 1
             out_dim = None if last else dims[i + 1]
-            stride = 1 if last else config.merge_strides[i]
+            stride = 1 if last else strides[i]
             if i == 0:
                 stage: nn.Module = ConvStage(dims[0], dims[1], stride, resolution, depth,
-                                             config.mbconv_expand_ratio, dp)
+                                             mbconv_expand_ratio, dp, use_checkpoint)
             else:
-                stage = AttentionStage(dims[i], out_dim, stride, resolution, depth,
-                                       config.num_heads[i], config.window_sizes[i],
-                                       config.mlp_ratio, dp)
+                stage = AttentionStage(dims[i], out_dim, stride, resolution, depth, num_heads[i],
+                                       window_sizes[i], mlp_ratio, dp, drop_rate,
+                                       local_conv_size, use_checkpoint)
             self.layers.append(stage)
             resolution //= stride
         self.out_resolution = resolution
         self.norm_head = nn.LayerNorm(dims[-1])  # unused; kept for checkpoint compatibility
-        self.head = nn.Linear(dims[-1], config.num_classes)  # unused; kept for compatibility
+        self.head = (nn.Linear(dims[-1], num_classes) if num_classes > 0
+                     else nn.Identity())  # unused; kept for checkpoint compatibility
         self.neck = nn.Sequential(
-            nn.Conv2d(dims[-1], config.out_chans, 1, bias=False),
-            LayerNorm2d(config.out_chans),
-            nn.Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
-            LayerNorm2d(config.out_chans),
+            nn.Conv2d(dims[-1], out_chans, 1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
         )
+        self.set_layer_lr_decay(layer_lr_decay)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_layer_lr_decay(self, layer_lr_decay: float) -> None:
+        """Give every parameter an `lr_scale` attribute (and `param_name`), which optimizers
+        built for TinyViT read: block i of n gets decay ** (n - 1 - i); the stem gets the
+        first block's scale, a patch merging its stage's last block's, the heads and the neck
+        the last block's (1.0)."""
+        depth = sum(self.depths)
+        scales = [layer_lr_decay ** (depth - i - 1) for i in range(depth)]
+
+        def set_scale(module: nn.Module, scale: float) -> None:
+            for p in module.parameters():
+                p.lr_scale = scale  # type: ignore[attr-defined]
+
+        set_scale(self.patch_embed, scales[0])
+        i = 0
+        for layer in self.layers:
+            for block in layer.blocks:
+                set_scale(block, scales[i])
+                i += 1
+            if layer.downsample is not None:
+                set_scale(layer.downsample, scales[i - 1])
+        for module in (self.norm_head, self.head, self.neck):
+            set_scale(module, scales[-1])
+        for name, p in self.named_parameters():
+            p.param_name = name  # type: ignore[attr-defined]
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        """Parameters whose names contain these are trained without weight decay."""
+        return {"attention_biases"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
@@ -326,3 +417,6 @@ class TinyViT(nn.Module):
         r = self.out_resolution
         x = x.view(b, r, r, c).permute(0, 3, 1, 2)
         return self.neck(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)

@@ -14,8 +14,13 @@ class Attention(nn.Module):
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
+        self.embedding_dim = embedding_dim
         self.num_heads = num_heads
         internal = embedding_dim // downsample_rate
+        if internal % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide embedding_dim // "
+                             f"downsample_rate ({internal})")
+        self.internal_dim = internal
         self.q_proj = nn.Linear(embedding_dim, internal)
         self.k_proj = nn.Linear(embedding_dim, internal)
         self.v_proj = nn.Linear(embedding_dim, internal)
@@ -36,17 +41,19 @@ class Attention(nn.Module):
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image, MLP on tokens, image->token; each with LayerNorm."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 downsample_rate: int, skip_first_layer_pe: bool) -> None:
+    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
+                 skip_first_layer_pe: bool = False) -> None:
         super().__init__()
+        rate = attention_downsample_rate
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
@@ -67,12 +74,19 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8,
-                 mlp_dim: int = 2048, attention_downsample_rate: int = 2) -> None:
+    """`depth` two-way blocks, then a last token -> image attention (SAM: depth 2, 256 wide,
+    8 heads, MLP 2048)."""
+
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
         super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation,
+                                 attention_downsample_rate, skip_first_layer_pe=(i == 0))
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)

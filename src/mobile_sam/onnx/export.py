@@ -122,10 +122,12 @@ class PromptDecoderGraph(nn.Module):
 
 
 def stability_score_graph(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
-    """In-graph form of `mobile_sam.masks.stability_score` (tests check they agree)."""
-    inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.float32)
-    union = (logits > threshold - offset).sum((-1, -2), dtype=torch.float32)
-    return inter / union
+    """(..., H, W) logits -> (...) float32 count(> t + o) / count(> t − o): the tensor form of
+    `mobile_sam.masks.stability_score` (tests check they agree), exportable to ONNX. Counts
+    are exact integers, then divided in float32."""
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
+    return inter.to(torch.float32) / union.to(torch.float32)
 
 
 class SamDecoderGraph(nn.Module):
@@ -155,18 +157,28 @@ class SamDecoderGraph(nn.Module):
         if self.stability_score:
             scores = stability_score_graph(low_res, self.threshold, self.stability_offset)
         if self.single_mask:
-            low_res, scores = self._select(low_res, scores, point_coords)
+            low_res, scores = self.select(low_res, scores, _num_points(point_coords))
         masks = self.upscale(low_res, orig_im_size)
         return masks, scores, low_res
 
     @staticmethod
-    def _select(low_res: torch.Tensor, scores: torch.Tensor,
-                point_coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n_points = torch._shape_as_tensor(point_coords)[1]
-        best_multi = scores[:, 1:].argmax(dim=1) + 1
-        best = torch.where(n_points > 2, torch.zeros_like(best_multi), best_multi)  # B
-        rows = torch.arange(low_res.shape[0])
+    def select(low_res: torch.Tensor, scores: torch.Tensor,
+               num_points: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask per prompt: token 0 with more than two points (padding and box corners
+        count), else the best of tokens 1-3 by score. Written as arithmetic on `num_points`
+        (a bias on token 0's score) so that it stays symbolic in the exported graph."""
+        bias = (torch.arange(scores.shape[1], device=scores.device) == 0).to(scores.dtype) * 1000.0
+        best = (scores + (num_points - 2.5) * bias).argmax(dim=1)  # B
+        rows = torch.arange(low_res.shape[0], device=low_res.device)
         return low_res[rows, best].unsqueeze(1), scores[rows, best].unsqueeze(1)
+
+
+def _num_points(point_coords: torch.Tensor) -> torch.Tensor | int:
+    """Points per prompt, kept symbolic by the TorchScript tracer (a plain int there would
+    be baked into the graph); torch.export keeps the int symbolic itself."""
+    if torch.jit.is_tracing():
+        return torch._shape_as_tensor(point_coords)[1]
+    return point_coords.shape[1]
 
 
 # ----------------------------------------------------------------------------- export

@@ -15,7 +15,7 @@ exactly where an uninterrupted run would be.
 Run folder: config.json, log.jsonl (one record per step, one per validation), loss.png,
 checkpoints/step_XXXXXXXX.pt, and at the end student.pt (+ student.json). A checkpoint is
 `{"config": <student SamConfig>, "model", "run_config", "optimizer", "scaler", "step"}`, so
-`load_any` (and `mobile-sam eval --student`) read it as a model too.
+`load_sam` (and `mobile-sam eval --student`) read it as a model too.
 """
 from __future__ import annotations
 
@@ -34,12 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..build import VARIANTS, SamConfig, build_sam
+from ..build import VARIANTS, SamConfig, build_sam, config_from_dict, config_to_dict, safe_load
 from ..io import atomic_write, save_json
 from . import dist
 from .data import CachedEmbeddingDataset, split_indices
-from .models import (check_student_fits, config_from_dict, config_to_dict, load_any,
-                     load_prompt_decoder, save_model)
+from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
 from .schedule import lr_at, micro_batches, rank_order, step_seed
 from .teacher_cache import CacheError, EmbeddingCache
@@ -115,7 +114,7 @@ class TrainResult:
 
 def make_student(spec: str, seed: int) -> tuple[nn.Module, SamConfig, str]:
     """A student from a variant name or a config JSON (fresh weights, seeded) or from any
-    checkpoint `load_any` reads (its weights). Returns (model, config, description)."""
+    checkpoint `load_sam` reads (its weights). Returns (model, config, description)."""
     path = Path(spec).expanduser()
     if spec in VARIANTS or (path.suffix == ".json" and path.is_file()):
         if spec in VARIANTS:
@@ -182,10 +181,7 @@ def _checkpoints(run: Path) -> list[Path]:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CacheError(f"cannot read checkpoint {path}: {exc}") from None
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a distillation checkpoint")
     return ckpt
@@ -415,7 +411,7 @@ class _Trainer:
         if self.info.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
-                "config": self.run_config["student"],  # so that load_any reads checkpoints
+                "config": self.run_config["student"],  # so that load_sam reads checkpoints
                 "run_config": self.run_config,
                 "step": self.step,
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},

@@ -1,19 +1,15 @@
-"""Models for training and evaluation: configs as plain dicts, loading from any checkpoint.
+"""Models for training and evaluation: where a model came from, saving, student checks.
 
-A checkpoint given to `distill`/`eval` can be:
-
-- a built-in name (`vit_t`, `vit_b`, `vit_l`, `vit_h`, or a known file name): the published
-  weights, downloaded into the cache when missing (`mobile_sam.weights`);
-- a plain state dict of a built-in variant (the official layout; the variant is detected);
-- a dict `{"config": <SamConfig as dict>, "model": <state dict>}`, which is how custom
-  configurations (e.g. the tiny ones used in tests) and our training checkpoints travel.
+A model given to `distill`/`eval` is a built-in name (`vit_t`, `vit_b`, `vit_l`, `vit_h`, or
+a known file name: the published weights, downloaded into the cache when missing) or any
+checkpoint file `mobile_sam.build.load_sam` reads: an official state dict, or a training
+output `{"config": <SamConfig as dict>, "model": <state dict>}` as `save_model` and the
+distillation checkpoints write it.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,46 +17,11 @@ from typing import Any
 
 import torch
 
-from ..build import (VARIANTS, CheckpointError, SamConfig, build_sam, check_state_dict,
-                     detect_variant, load_state_dict_file)
-from ..modeling import Sam, TinyViTConfig, ViTConfig
+from ..build import VARIANTS, CheckpointError, SamConfig, config_to_dict, load_sam
+from ..modeling import Sam
 
 # The parts a student takes over from its teacher unchanged (decoupled distillation).
 PROMPT_DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
-
-
-def config_to_dict(config: SamConfig) -> dict[str, Any]:
-    """A SamConfig as JSON-able nested dicts; the encoder dict names its `type`."""
-    out = dataclasses.asdict(config)
-    out["encoder"]["type"] = "tiny_vit" if isinstance(config.encoder, TinyViTConfig) else "vit"
-    return out
-
-
-def config_from_dict(data: Mapping[str, Any], source: str = "config") -> SamConfig:
-    """Inverse of `config_to_dict`; also accepts `dataclasses.asdict(SamConfig)` (no `type`:
-    a TinyViT encoder is recognised by `embed_dims`, a ViT by `embed_dim`)."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("encoder"), Mapping):
-        raise CheckpointError(f"{source}: a model config needs an 'encoder' mapping, got {data!r}")
-    enc = dict(data["encoder"])
-    kind = enc.pop("type", None) or ("tiny_vit" if "embed_dims" in enc else "vit")
-    classes = {"tiny_vit": TinyViTConfig, "vit": ViTConfig}
-    if kind not in classes:
-        raise CheckpointError(f"{source}: unknown encoder type {kind!r}; expected tiny_vit or vit")
-    try:
-        encoder = _dataclass_from(classes[kind], enc)
-        top = {k: v for k, v in data.items() if k != "encoder"}
-        return SamConfig(encoder=encoder, **top)
-    except TypeError as exc:
-        raise CheckpointError(f"{source}: not a valid model config: {exc}") from None
-
-
-def _dataclass_from(cls: type, values: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TypeError(f"unknown {cls.__name__} fields {unknown}")
-    # JSON turns tuples into lists; the frozen configs want tuples (hashable, comparable).
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -83,22 +44,9 @@ class LoadedModel:
     sha256: str
 
 
-def _peek_config(path: Path) -> Mapping[str, Any] | None:
-    """The `config` entry of a `{"config", "model"}` checkpoint, read without loading tensors."""
-    if path.suffix == ".safetensors":
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # old (non-zip) format or not a checkpoint: load_state_dict_file reports it
-        return None
-    config = obj.get("config") if isinstance(obj, Mapping) else None
-    return config if isinstance(config, Mapping) else None
-
-
 def load_any(spec: str | os.PathLike[str], *, download: bool = True) -> LoadedModel:
-    """Load a model from a built-in name or a checkpoint file (see the module docstring).
+    """Resolve a built-in name or a path (`mobile_sam.weights.resolve_checkpoint`), load it
+    with `load_sam` and record where it came from (see the module docstring).
 
     The model is returned in eval mode on the CPU. Raises FileNotFoundError for a missing
     file and CheckpointError for a file that holds no usable model.
@@ -106,27 +54,12 @@ def load_any(spec: str | os.PathLike[str], *, download: bool = True) -> LoadedMo
     from ..weights import resolve_checkpoint
 
     path = resolve_checkpoint(spec, download=download)
-    state_dict = load_state_dict_file(path)
-    raw = _peek_config(path)
-    if raw is not None:
-        config = config_from_dict(raw, source=str(path))
-    else:
-        variant = detect_variant(state_dict)
-        if variant is None:
-            raise CheckpointError(
-                f"{path}: its keys match none of the built-in variants {sorted(VARIANTS)} and it "
-                "carries no config; save custom models as {'config': <SamConfig as dict>, "
-                "'model': <state dict>}"
-            )
-        config = VARIANTS[variant]
-    model = build_sam(config)
-    check_state_dict(model, state_dict, expected=config.name, source=str(path))
-    model.load_state_dict(state_dict, strict=True)
-    return LoadedModel(model.eval(), config, os.fspath(spec), Path(path), file_sha256(path))
+    model = load_sam(path)
+    return LoadedModel(model, model.config, os.fspath(spec), Path(path), file_sha256(path))
 
 
 def save_model(path: str | os.PathLike[str], model: Sam, config: SamConfig) -> Path:
-    """Write a model so that `load_any` and `sam_model_registry` read it back.
+    """Write a model so that `load_sam` reads it back (atomically: temporary name, rename).
 
     A built-in variant is written as a plain state dict, the official layout (the original
     MobileSAM code loads it too); any other config as `{"config": ..., "model": ...}`.

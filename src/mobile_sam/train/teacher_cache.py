@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..build import config_to_dict, safe_load
 from ..io import ImageLoadError, atomic_write, save_json
 from . import dist
 from .data import ImageItem, list_images, model_input, read_image
-from .models import LoadedModel, config_to_dict, embedding_shape, file_sha256, prompt_decoder_state
+from .models import LoadedModel, embedding_shape, file_sha256, prompt_decoder_state
 
 FORMAT = "mobile_sam.teacher_cache/1"
 MANIFEST = "manifest.json"
@@ -329,7 +330,7 @@ class EmbeddingCache:
         path = self.folder / self.manifest["prompt_decoder"]["file"]
         if file_sha256(path) != self.manifest["prompt_decoder"]["sha256"]:
             raise CacheError(f"{path} does not match the sha256 recorded in the manifest")
-        return torch.load(path, map_location="cpu", weights_only=True)["model"]
+        return safe_load(path)["model"]  # type: ignore[index]
 
     def verify(self) -> None:
         """Re-hash every shard; raise CacheError naming the first one that differs."""

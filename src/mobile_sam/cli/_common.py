@@ -1,0 +1,126 @@
+"""Helpers shared by the `mobile-sam` subcommands: errors, common options, loading the model,
+output folders and names.
+
+Kept torch-free at import time: every subcommand's parser is built on each run of
+`mobile-sam`, so torch and the model code are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..modeling import Sam
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit code 1."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every model-running subcommand shares."""
+    parser.add_argument("--model", default="vit_t",
+                        help="model name (vit_t, vit_b, vit_l, vit_h), known file name, or checkpoint path")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the model runs (see mobile_sam.runtime), for subcommands that predict."""
+    from ..runtime import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto (default): OpenVINO if installed, else onnxruntime, else torch")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="encoder precision: fp32 (default), bf16 (openvino), int8 (onnxruntime)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply `--threads` (torch intra-op threads); None leaves torch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def load_model(args: argparse.Namespace) -> Sam:
+    """Resolve `--model` (name, known file name or path; downloads into the cache when
+    needed), build the model the file holds (`mobile_sam.load_sam`), apply `--threads` and
+    `--device`. `args.model` is replaced by the resolved file path, for outputs that record it.
+    """
+    import torch
+
+    from ..build import load_sam
+    from ..weights import resolve_checkpoint
+
+    set_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {args.device!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    # A progress bar only on a terminal: offline, the error is then the only line on stderr.
+    path = resolve_checkpoint(args.model, progress=sys.stderr.isatty())
+    args.model = str(path)
+    return load_sam(path).to(device)
+
+
+def report(command: str, message: str) -> None:
+    """Print one error line for one input, without breaking a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"mobile-sam {command}: error: {message}", file=sys.stderr)
+
+
+def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder (and its parents); a clear `UserError` when that fails."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in [out, *out.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            reason = f"{blocker} is a file, not a folder"
+        else:
+            reason = exc.strerror or str(exc)
+        raise UserError(f"cannot create output folder {out}: {reason}") from None
+    if not out.is_dir():
+        raise UserError(f"cannot use output folder {out}: it is a file")
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write to output folder {out}: permission denied")
+    return out
+
+
+def output_bases(images: list[Path], out_dir: Path) -> list[Path]:
+    """The output path without suffix for each image: `out_dir / <folder> / <stem>`.
+
+    `<folder>` is the image's folder relative to the deepest folder holding all the inputs,
+    so a single folder's tree is mirrored and equal stems in different folders stay apart.
+    Images with the same stem in the same folder (`a.png`, `a.jpg`) get `_<ext>` appended.
+    """
+    if not images:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in images]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    rel = [p.parent.relative_to(root) / p.stem for p in absolute]
+    counts: dict[Path, int] = {}
+    for r in rel:
+        counts[r] = counts.get(r, 0) + 1
+    bases = []
+    for r, p in zip(rel, absolute, strict=True):
+        if counts[r] > 1:
+            r = r.parent / f"{r.name}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        bases.append(out_dir / r)
+    return bases
+
+
+def display_name(image: Path, base: Path, out_dir: Path) -> str:
+    """The image's path relative to the inputs' common folder, e.g. `sub/a.png` (POSIX)."""
+    return (base.relative_to(out_dir).parent / image.name).as_posix()
