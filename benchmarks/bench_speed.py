@@ -353,7 +353,7 @@ def simple_paths(args, rows: list, shape3) -> float:
 
     import numpy as np
 
-    from mobile_sam.backends import installed
+    from mobile_sam.runtime import installed
 
     encoders = [k for k in args.encoders.split(",")
                 if k.split(":")[0] == "auto" or installed(k.split(":")[0])]

@@ -464,7 +464,7 @@ def test_fast_mode_finds_the_golden_masks(golden_amg, backend):
     """mode="fast" keeps at least 90 % of the exact masks (IoU >= 0.9) on the fixture settings,
     with the float16 decoder where the CPU has one (OpenVINO)."""
     from mobile_sam import SamPredictor
-    from mobile_sam.backends import installed
+    from mobile_sam.runtime import installed
 
     if not installed(backend):
         pytest.skip(f"{backend} is not installed")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mobile_sam import SamPredictor
-from mobile_sam.backends import BackendUnavailable, resolve_backend, weights_fingerprint
+from mobile_sam.runtime import BackendUnavailable, resolve_backend, weights_fingerprint
 
 CPU = torch.device("cpu")
 
@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 def test_auto_prefers_openvino_then_onnxruntime(monkeypatch):
     monkeypatch.delenv("MOBILE_SAM_BACKEND", raising=False)
     have = {"openvino": True, "onnxruntime": True}
-    monkeypatch.setattr("mobile_sam.backends.installed", lambda b: b == "torch" or have[b])
+    monkeypatch.setattr("mobile_sam.runtime.backends.installed", lambda b: b == "torch" or have[b])
     assert resolve_backend("auto", "fp32", CPU) == "openvino"
     have["openvino"] = False
     assert resolve_backend("auto", "fp32", CPU) == "onnxruntime"
@@ -31,7 +31,7 @@ def test_auto_prefers_openvino_then_onnxruntime(monkeypatch):
 
 
 def test_missing_backend_names_the_extra(monkeypatch):
-    monkeypatch.setattr("mobile_sam.backends.installed", lambda b: b == "torch")
+    monkeypatch.setattr("mobile_sam.runtime.backends.installed", lambda b: b == "torch")
     with pytest.raises(BackendUnavailable, match=r"pip install 'mobile_sam\[openvino\]'"):
         resolve_backend("openvino", "fp32", CPU)
     with pytest.raises(BackendUnavailable, match=r"pip install 'mobile_sam\[onnx\]'"):
@@ -116,7 +116,7 @@ def test_openvino_embeddings_survive_the_next_image(tiny_sam, rng):
 def test_encoder_buffers_are_released_once_prompting_starts(tiny_sam, rng):
     """Images encoded back to back keep the encoder's buffers (fast); the first prompt of an
     image gives them back (memory), once."""
-    from mobile_sam.backends import Encoder, installed
+    from mobile_sam.runtime import Encoder, installed
 
     backend = next((b for b in ("openvino", "onnxruntime") if installed(b)), None)
     if backend is None:
@@ -142,14 +142,14 @@ def test_openvino_release_returns_the_free_heap(tiny_sam, rng, monkeypatch):
     resident under the next image's."""
     import platform
 
-    from mobile_sam import backends
+    from mobile_sam.runtime import installed, openvino
 
-    if not backends.installed("openvino"):
+    if not installed("openvino"):
         pytest.skip("openvino is not installed")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert backends._malloc_trim() is not None
+        assert openvino._malloc_trim() is not None
     trims = []
-    monkeypatch.setattr(backends, "return_free_heap", lambda: trims.append(1))
+    monkeypatch.setattr(openvino, "return_free_heap", lambda: trims.append(1))
     p = SamPredictor(tiny_sam, backend="openvino")
     p.set_image(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
     assert trims == []
@@ -160,7 +160,7 @@ def test_openvino_release_returns_the_free_heap(tiny_sam, rng, monkeypatch):
 @pytest.mark.slow
 def test_reduced_precision_agrees_with_fp32(fixture_model, photo):
     """The opt-in reduced-precision encoder keeps masks close to fp32 (mean IoU >= 0.95)."""
-    from mobile_sam.backends import installed
+    from mobile_sam.runtime import installed
 
     backend, precision = ("openvino", "bf16") if installed("openvino") else ("onnxruntime", "int8")
     if not installed(backend):

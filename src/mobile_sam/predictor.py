@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import default_backend, make_encoder, shared_decoder, weights_fingerprint
 from .modeling import Sam
-from .modeling.fast_decoder import DecoderImageCache, DecoderRunner, TorchDecoderRunner, decode_masks
+from .modeling.fast_decoder import DecoderImageCache
 from .prompts import (
     check_image,
     check_mask_input,
@@ -22,6 +21,8 @@ from .prompts import (
     check_single_box,
     pack_prompts,
 )
+from .runtime import (DecoderRunner, TorchDecoderRunner, decode_masks, default_backend,
+                      make_encoder, shared_decoder, weights_fingerprint)
 from .transforms import MaskUpscaler, ResizeLongestSide, mask_upscaler, prepare_image
 
 class SamPredictor:
@@ -31,7 +32,7 @@ class SamPredictor:
         """backend: where the model runs, "auto" | "torch" | "onnxruntime" | "openvino"
         (the encoder on the backend; the decoder in OpenVINO for "openvino", else in torch);
         precision: the encoder's, "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
-        `mobile_sam.backends`."""
+        `mobile_sam.runtime`."""
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)
@@ -239,7 +240,7 @@ class SamPredictor:
         logits are only the top-left part that `upscale_logits` reads (N, 3, r, c): the rest
         is padding.
         half_precision: decode in float16 where the CPU does so natively (see
-        `mobile_sam.backends.make_decoder`); the generator's fast mode asks for it.
+        `mobile_sam.runtime.make_decoder`); the generator's fast mode asks for it.
         """
         self._require_image()
         points = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)

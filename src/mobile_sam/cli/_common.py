@@ -29,8 +29,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the model runs (see mobile_sam.backends), for subcommands that predict."""
-    from ..backends import BACKENDS, PRECISIONS
+    """Where the model runs (see mobile_sam.runtime), for subcommands that predict."""
+    from ..runtime import BACKENDS, PRECISIONS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto (default): OpenVINO if installed, else onnxruntime, else torch")

@@ -7,23 +7,24 @@ rewrites that matter on a CPU:
   dense positional encoding, the image tokens plus the "no mask" embedding, and the first
   layer's projections of the image tokens (its keys, values and image-side queries).
 - In the later layers, attention between the few prompt tokens (n ≈ 2-7) and the 4096 image
-  tokens never projects the image tokens. For token->image attention,
-  scores = (q·W_k)·X^T (q·b_k is constant along the softmax: dropped) and output = (A·X)·W_v^T + b_v (softmax rows sum to 1); for
-  image->token attention, scores = X·(W_q^T·k) + b_q·k and output = A·(v·W_out^T) + b_out.
-  Each becomes one GEMM of width heads·n instead of projections of width 128-256 over 4096
-  tokens: half the work.
+  tokens never projects the image tokens. For token->image attention, scores = (q·W_k)·X^T
+  (q·b_k is constant along the softmax: dropped) and output = (A·X)·W_v^T + b_v (softmax
+  rows sum to 1); for image->token attention, scores = X·(W_q^T·k) + b_q·k and
+  output = A·(v·W_out^T) + b_out. Each becomes one GEMM of width heads·n instead of
+  projections of width 128-256 over 4096 tokens: half the work.
 - The upscaling's 2×2 stride-2 transposed convolutions are GEMMs on channels-last tokens.
 
 The prompt-dependent work is two modules, `PromptDecoder` (transformer, IoU head,
 hypernetworks) and `MaskHead` (upscaling and the hypernetwork product), so that a caller can
 skip the second for prompts it will drop, and so that both can be compiled by another runtime
-(see `mobile_sam.backends.make_decoder`) from this one implementation.
+(see `mobile_sam.runtime`) from this one implementation. `DecoderImageCache` holds the
+prompt-independent inputs of `PromptDecoder`: tensors computed from the image embedding and
+the modules' weights, nothing else.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ class DecoderImageCache:
 
     @classmethod
     def build(cls, image_embedding: torch.Tensor, prompt_encoder: PromptEncoder,
-              decoder: MaskDecoder, dense: torch.Tensor | None = None) -> "DecoderImageCache":
+              decoder: MaskDecoder, dense: torch.Tensor | None = None) -> DecoderImageCache:
         """image_embedding: 1, C, h, w; dense: B, C, h, w embedded mask input, or None."""
         _, c, h, w = image_embedding.shape
         dtype = image_embedding.dtype
@@ -195,8 +196,8 @@ class PromptDecoder(nn.Module):
         sparse = self.prompt_encoder._embed_points(points, labels).to(keys.dtype)
         decoder, transformer = self.decoder, self.decoder.transformer
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1),
-                            sparse], dim=1)
+        output_tokens = output_tokens.to(keys.dtype).unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        tokens = torch.cat([output_tokens, sparse], dim=1)
         query_pe = queries = tokens
         keys_with_pe = None  # layer 0 works on the cached projections
         for i, layer in enumerate(transformer.layers):
@@ -268,86 +269,13 @@ class FullDecoder(nn.Module):
     """`PromptDecoder` then `MaskHead` on all mask tokens: points, labels, *cache ->
     low-res logits B,4,4h,4w and IoU B,4 (one call when no prompt is skipped)."""
 
-    def __init__(self, prompt_decoder: PromptDecoder, mask_head: MaskHead,
-                 size: tuple[int, int]) -> None:
+    def __init__(self, decoder: MaskDecoder, prompt_encoder: PromptEncoder) -> None:
         super().__init__()
-        self.prompt_decoder = prompt_decoder
-        self.mask_head = mask_head
-        self.size = tuple(size)  # h, w of the embedding grid
+        self.prompt_decoder = PromptDecoder(decoder, prompt_encoder)
+        self.mask_head = MaskHead(decoder)
+        self.size = tuple(prompt_encoder.image_embedding_size)  # h, w of the embedding grid
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, *cache: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         src, iou, hyper = self.prompt_decoder(points, labels, *cache)
         return self.mask_head(src.view(src.shape[0], *self.size, -1), hyper), iou
-
-
-class DecoderRunner(Protocol):
-    """Runs `PromptDecoder`, `MaskHead` and `FullDecoder`: the torch modules or a compiled
-    copy of them. Inputs and outputs are torch tensors; the image tokens `prompt()` returns
-    may be the runner's own buffer, valid until the calling thread's next `prompt()`."""
-
-    def prompt(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-    def masks(self, src: torch.Tensor, hyper: torch.Tensor, extent: torch.Tensor
-              ) -> torch.Tensor: ...  # src B,h,w,C; extent: rows, columns (see MaskHead)
-
-    def full(self, points: torch.Tensor, labels: torch.Tensor, cache: DecoderImageCache
-             ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class TorchDecoderRunner:
-    """The decoder modules in eager torch."""
-
-    def __init__(self, decoder: MaskDecoder, prompt_encoder: PromptEncoder) -> None:
-        self.full_decoder = FullDecoder(PromptDecoder(decoder, prompt_encoder), MaskHead(decoder),
-                                        prompt_encoder.image_embedding_size)
-
-    def prompt(self, points, labels, cache):
-        return self.full_decoder.prompt_decoder(points, labels, *cache.tensors())
-
-    def masks(self, src, hyper, extent):
-        return self.full_decoder.mask_head(src, hyper, extent)
-
-    def full(self, points, labels, cache):
-        return self.full_decoder(points, labels, *cache.tensors())
-
-
-def decode_masks(runner: DecoderRunner, cache: DecoderImageCache, points: torch.Tensor,
-                 labels: torch.Tensor, multimask_output: bool, min_iou: float | None = None,
-                 extent: tuple[int, int] | None = None, out: torch.Tensor | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same outputs as `MaskDecoder.forward`: low-res logits B, M, 4h, 4w and IoU B, M.
-
-    points, labels: from `prompt_points` (the cache holds the dense embedding).
-    min_iou: skip the upscaling (a third of the per-prompt work) of prompts none of whose
-    masks has a predicted IoU above it; their logits are returned as zeros. The automatic
-    mask generator drops those masks anyway, so this is exact there.
-    extent: with `min_iou`, the rows and columns of the embedding grid whose logits are
-    needed (the image; the rest is padding that upscaling to the image never reads): the
-    logits returned are then the top-left B, M, 4·rows, 4·columns. A 4:3 photo needs 49 of
-    64 rows.
-    out: with `min_iou`, a zero tensor of that shape (on any device) to write the kept
-    prompts' logits into and return. Zeros from `numpy.zeros` are pages the system has not handed out yet: the
-    skipped prompts' logits then cost neither time nor memory (most prompts, in the generator).
-    """
-    selected = slice(1, None) if multimask_output else slice(0, 1)
-    if min_iou is None:
-        masks, iou = runner.full(points, labels, cache)
-        return masks[:, selected], iou[:, selected]
-    src, iou, hyper = runner.prompt(points, labels, cache)
-    iou, hyper = iou[:, selected], hyper[:, selected].contiguous()
-    h, w = cache.size
-    rows, cols = extent or (h, w)
-    src = src.view(len(iou), h, w, -1)
-    extent_t = torch.tensor([rows, cols])
-    needed = torch.nonzero((iou > min_iou).any(dim=1)).flatten()
-    if out is None:
-        if len(needed) == len(iou):
-            return runner.masks(src, hyper, extent_t), iou
-        out = src.new_zeros(len(iou), hyper.shape[1], 4 * rows, 4 * cols)
-    if len(needed) == len(iou):
-        out[:] = runner.masks(src, hyper, extent_t)
-    elif len(needed):
-        out[needed.to(out.device)] = runner.masks(src[needed], hyper[needed], extent_t).to(out)
-    return out, iou

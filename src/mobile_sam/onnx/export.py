@@ -263,7 +263,7 @@ PROMPT_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input
 
 def export_encoder(model: Sam, path: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> Path:
     """Write `model`'s image encoder alone to `path` (image 1×3×S×S -> image_embeddings),
-    checked with onnx.checker; `mobile_sam.backends` runs it in onnxruntime or OpenVINO.
+    checked with onnx.checker; `mobile_sam.runtime` runs it in onnxruntime or OpenVINO.
     The file is written in place: callers wanting atomicity export into a temporary folder
     and rename (as `export_onnx` does)."""
     opset = check_opset(opset)

@@ -1,33 +1,81 @@
-"""The decoder's prompt-dependent work compiled by OpenVINO (the "openvino" backend).
+"""The "openvino" backend: the exported image encoder compiled by OpenVINO, and the decoder's
+prompt-dependent work converted from the model's own torch modules and compiled.
 
-`PromptDecoder` and `MaskHead` are converted from the model's own torch modules, so there is
-one implementation of the decoder; OpenVINO fuses its many small operations, which in eager
-torch cost as much as the arithmetic. Batch size and prompt token count are dynamic. The
-converted graphs are cached next to the encoder's ONNX file (conversion takes seconds,
-loading a fraction of one), keyed by the decoder's weights. The per-image inputs
-(`DecoderImageCache`) are handed over once per image without a copy.
+`PromptDecoder` and `MaskHead` (`mobile_sam.modeling.fast_decoder`) are converted, so there
+is one implementation of the decoder; OpenVINO fuses its many small operations, which in
+eager torch cost as much as the arithmetic. Batch size and prompt token count are dynamic.
+The converted graphs are cached on disk (conversion takes seconds, loading a fraction of one;
+see `mobile_sam.runtime.cache`). The per-image inputs (`DecoderImageCache`) are handed over
+once per image without a copy. The `openvino` package is imported only when one of these
+runs.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import os
-import shutil
-import sys
-import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .modeling import Sam, fast_decoder
-from .modeling.fast_decoder import DecoderImageCache, FullDecoder, MaskHead, PromptDecoder
+from ..modeling import Sam
+from ..modeling.fast_decoder import DecoderImageCache, FullDecoder
+from ..weights import cache_dir
+from .cache import exporting, graph_key
+from .encoders import Encoder
+
+DECODER_GRAPHS = ("prompt", "masks", "full", "full1")
 
 log = logging.getLogger(__name__)
 
 
+# ------------------------------------------------------------------ encoder
+def openvino_encoder(path: Path, threads: int, precision: str) -> Encoder:
+    """The exported encoder at `path` compiled for the CPU in fp32 or bf16."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(image: np.ndarray) -> torch.Tensor:
+        # The input is read in place (no 12 MB copy alive beside it while encoding).
+        out = request.infer({0: np.ascontiguousarray(image, dtype=np.float32)},
+                            share_inputs=True, share_outputs=True)[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32))  # one copy: the buffer is reused
+
+    def release_memory() -> None:
+        compiled.release_memory()
+        return_free_heap()
+    return Encoder(run, release_memory)
+
+
+def return_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere
+    nothing). OpenVINO's released work buffers otherwise stay resident, fragmented, and the
+    next image's buffers come on top: in a set_image / predict cycle the peak was ~35 MB
+    higher without it."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:  # no C library handle on this platform
+        return None
+
+
+# ------------------------------------------------------------------ decoder graphs
 def _graphs(model: Sam) -> dict[str, tuple[torch.nn.Module, tuple, list[list[int]]]]:
     """Each graph's module, example inputs and input shapes (-1: dynamic)."""
     decoder, encoder = model.mask_decoder, model.prompt_encoder
@@ -40,11 +88,10 @@ def _graphs(model: Sam) -> dict[str, tuple[torch.nn.Module, tuple, list[list[int
     prompt_shapes = [[-1, -1, 2], [-1, -1]] + cache_shapes
     src = torch.zeros(2, *size, dim)
     hyper = torch.zeros(2, 3, dim // 8)
-    prompt_decoder, mask_head = PromptDecoder(decoder, encoder), MaskHead(decoder)
-    full = FullDecoder(prompt_decoder, mask_head, size)
+    full = FullDecoder(decoder, encoder)
     return {
-        "prompt": (prompt_decoder, (points, labels, *cache.tensors()), prompt_shapes),
-        "masks": (mask_head, (src, hyper, torch.tensor(size)),
+        "prompt": (full.prompt_decoder, (points, labels, *cache.tensors()), prompt_shapes),
+        "masks": (full.mask_head, (src, hyper, torch.tensor(size)),
                   [[-1, *src.shape[1:]], [-1, -1, hyper.shape[2]], [2]]),
         "full": (full, (points, labels, *cache.tensors()), prompt_shapes),
         # One prompt, no mask input (what `predict` runs): with the batch fixed to 1, OpenVINO
@@ -64,36 +111,33 @@ def _convert(module: torch.nn.Module, example: tuple, shapes: list[list[int]]):
                                 input=[ov.PartialShape(s) for s in shapes])
 
 
-def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
-    """The decoder graphs as OpenVINO IR files in the cache folder, converted once.
-
-    Keyed by the decoder's and prompt encoder's weights, the code of the graphs and the torch
-    and OpenVINO versions; written to a temporary folder and renamed into place.
-    """
+def decoder_graphs_folder(model: Sam) -> Path:
+    """The cache folder of `model`'s converted decoder graphs (`cached_decoder_graphs`): keyed
+    by the decoder's and prompt encoder's weights, the graphs' source files, and the torch
+    and OpenVINO versions."""
     import openvino as ov
 
-    from .backends import source_digest, weights_digest
-    from .weights import cache_dir
+    decoder, encoder = model.mask_decoder, model.prompt_encoder
+    key = graph_key([decoder, encoder], [FullDecoder(decoder, encoder)], [_graphs, _convert],
+                    length=24)
+    return cache_dir() / "openvino" / (f"decoder-{key}-torch{torch.__version__}"
+                                       f"-ov{ov.__version__.split('-')[0]}")
 
-    # The graphs depend on the weights and on the code that defines them.
-    code = source_digest(fast_decoder, sys.modules[__name__])
-    key = hashlib.sha256((weights_digest(model.mask_decoder) + weights_digest(model.prompt_encoder)
-                          + code).encode()).hexdigest()[:24]
-    folder = cache_dir() / "openvino" / (f"decoder-{key}-torch{torch.__version__}"
-                                         f"-ov{ov.__version__.split('-')[0]}")
-    paths = {name: folder / f"{name}.xml" for name in ("prompt", "masks", "full", "full1")}
+
+def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
+    """The decoder graphs as OpenVINO IR files in the cache folder, converted once."""
+    import openvino as ov
+
+    folder = decoder_graphs_folder(model)
+    paths = {name: folder / f"{name}.xml" for name in DECODER_GRAPHS}
     if all(p.is_file() for p in paths.values()):
         return paths
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder))
-    try:
+    with exporting(folder) as tmp:
         log.warning("converting the mask decoder for OpenVINO once (cached in %s)", folder)
         for name, (module, example, shapes) in _graphs(model).items():
             ov.save_model(_convert(module, example, shapes), tmp / f"{name}.xml")
             os.replace(tmp / f"{name}.bin", folder / f"{name}.bin")
             os.replace(tmp / f"{name}.xml", paths[name])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return paths
 
 
@@ -125,7 +169,9 @@ class OpenVINODecoderRunner:
         self._local = threading.local()  # .requests: name -> (infer request, cache handed over)
 
     def _graph_config(self, name: str) -> dict:
-        return dict(self._config, INFERENCE_PRECISION_HINT="f32") if name == "masks" else self._config
+        if name == "masks":
+            return dict(self._config, INFERENCE_PRECISION_HINT="f32")
+        return self._config
 
     def _request(self, name: str, cache: DecoderImageCache | None = None):
         import openvino as ov
@@ -149,9 +195,9 @@ class OpenVINODecoderRunner:
 
     def _run(self, name: str, points: torch.Tensor, labels: torch.Tensor,
              cache: DecoderImageCache, copy: tuple[bool, ...]) -> list[torch.Tensor]:
-        out = self._request(name, cache).infer(
-            {0: points.float().contiguous().numpy(), 1: labels.to(torch.int64).contiguous().numpy()},
-            share_outputs=True)
+        inputs = {0: points.float().contiguous().numpy(),
+                  1: labels.to(torch.int64).contiguous().numpy()}
+        out = self._request(name, cache).infer(inputs, share_outputs=True)
         return [torch.from_numpy(np.array(out[i]) if c else out[i]) for i, c in enumerate(copy)]
 
     def prompt(self, points, labels, cache):
