@@ -12,8 +12,8 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("MOBILE_SAM_REFERENCE", REPO.parent / "shared" / "reference"))

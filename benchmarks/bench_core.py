@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (FIXTURE_CHECKPOINT, REFERENCE, machine, median_seconds,  # noqa: E402
-                     run_isolated, table)
+from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, median_seconds, run_isolated, table  # noqa: E402
 
 
 def _setup(checkpoint: str, threads: int):

@@ -17,8 +17,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def machine() -> str:
     from mobile_sam.onnx.export import machine_description
 
-    load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    load = ""
+    if hasattr(os, "getloadavg"):
+        one, five, fifteen = os.getloadavg()
+        load = f", load average {one:.1f} {five:.1f} {fifteen:.1f}"
     return machine_description() + load
 
 

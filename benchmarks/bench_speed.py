@@ -79,10 +79,10 @@ def _original_attention(self, x):
 
 
 def _original_block(self, x):
-    b, l, c = x.shape
+    b, n, c = x.shape
     x = x + self.drop_path(self._windowed_attention(x))
     x = x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution)
-    x = self.local_conv(x).view(b, c, l).transpose(1, 2)
+    x = self.local_conv(x).view(b, c, n).transpose(1, 2)
     return x + self.drop_path(self.mlp(x))
 
 

@@ -485,8 +485,9 @@ def test_fast_mode_skips_points_inside_confident_masks():
         predictor = FakePredictor((big, big, big))
         decoded = []
         original = predictor.predict_point_batch
-        predictor.predict_point_batch = lambda p, min_iou=None, **kw: (decoded.append(len(p)),
-                                                                       original(p, min_iou, **kw))[1]
+        predictor.predict_point_batch = (
+            lambda p, min_iou=None, decoded=decoded, original=original, **kw:
+            (decoded.append(len(p)), original(p, min_iou, **kw))[1])
         SamAutomaticMaskGenerator(predictor, points_per_side=8, mode=mode).generate(
             np.zeros((40, 60, 3), np.uint8))
         counts[mode] = sum(decoded)

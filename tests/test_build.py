@@ -7,11 +7,16 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_sam_config
 
+from conftest import tiny_sam_config
 from mobile_sam import CheckpointError, load_sam, sam_model_registry
-from mobile_sam.build import (VARIANTS, build_sam, config_to_dict, detect_variant,
-                              load_state_dict_file)
+from mobile_sam.build import (
+    VARIANTS,
+    build_sam,
+    config_to_dict,
+    detect_variant,
+    load_state_dict_file,
+)
 
 
 @pytest.mark.parametrize("variant", ["vit_t", "vit_b", "vit_l", "vit_h"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import http.server
+import importlib.util
 import json
 import os
 import shutil

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import BLOCK_TORCH
 from mobile_sam import masks as M
 from mobile_sam.automatic import SamAutomaticMaskGenerator
 from mobile_sam.cli import main
@@ -32,8 +33,6 @@ from mobile_sam.onnx import export as E
 from mobile_sam.onnx import runtime as R
 from mobile_sam.predictor import SamPredictor
 from mobile_sam.transforms import get_preprocess_shape
-
-from conftest import BLOCK_TORCH
 
 IMAGES = ["truck_640x427", "dog_517x333", "groceries_gray_600x400"]
 
@@ -232,7 +231,7 @@ def test_replay_fixture(onnx_predictor, fixture_data, image_name):
             if "mask_input" in args:
                 ref = args["mask_input"]
                 mask_input = golden[ref["npz_key"]][ref["index"]][None]
-            get = lambda key: np.array(args[key]) if key in args else None  # noqa: E731
+            get = lambda key, args=args: np.array(args[key]) if key in args else None
             results = [predictor.predict(get("point_coords"), get("point_labels"), get("box"),
                                          mask_input, args["multimask_output"],
                                          args["return_logits"])]

@@ -18,8 +18,11 @@ from mobile_sam.runtime import cache
 
 PACKAGE = Path(mobile_sam.__file__).resolve().parent
 ENCODER_FILES = {"modeling/common.py", "modeling/tiny_vit.py", "onnx/export.py"}
+# The prompt encoder packs prompts with `prompts.pack_prompts` (which resizes coordinates with
+# `transforms`): both are among the decoder's sources.
 DECODER_FILES = {"modeling/common.py", "modeling/fast_decoder.py", "modeling/mask_decoder.py",
-                 "modeling/prompt_encoder.py", "modeling/transformer.py", "runtime/openvino.py"}
+                 "modeling/prompt_encoder.py", "modeling/transformer.py", "runtime/openvino.py",
+                 "prompts.py", "transforms.py"}
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                     reason="openvino is not installed")
 

@@ -7,9 +7,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mobile_sam.transforms import (PIXEL_MEAN, PIXEL_STD, MaskUpscaler, ResizeLongestSide,
-                                   get_preprocess_shape, mask_upscaler, normalize_and_pad,
-                                   prepare_image)
+from mobile_sam.transforms import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    MaskUpscaler,
+    ResizeLongestSide,
+    get_preprocess_shape,
+    mask_upscaler,
+    normalize_and_pad,
+    prepare_image,
+)
 
 
 @pytest.mark.parametrize("h,w,expected", [(427, 640, (683, 1024)), (333, 517, (660, 1024)),

@@ -63,8 +63,15 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # pragma: no cover
     from .api import SAM
     from .automatic import SamAutomaticMaskGenerator
-    from .build import (CheckpointError, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l,
-                        build_sam_vit_t, load_sam, sam_model_registry)
+    from .build import (
+        CheckpointError,
+        build_sam_vit_b,
+        build_sam_vit_h,
+        build_sam_vit_l,
+        build_sam_vit_t,
+        load_sam,
+        sam_model_registry,
+    )
     from .build_sam import build_sam
     from .modeling import Sam
     from .predictor import SamPredictor

@@ -19,17 +19,26 @@ import dataclasses
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any
 
 import torch
 
-from .modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT, TinyViTConfig,
-                       TwoWayTransformer, ViTConfig)
+from .modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TinyViT,
+    TinyViTConfig,
+    TwoWayTransformer,
+    ViTConfig,
+)
 from .modeling.vit import vit_kwargs
 
-EncoderConfig = Union[TinyViTConfig, ViTConfig]
+EncoderConfig = TinyViTConfig | ViTConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -21,9 +21,17 @@ from .prompts import (
     check_single_box,
     pack_prompts,
 )
-from .runtime import (DecoderRunner, TorchDecoderRunner, decode_masks, default_backend,
-                      make_encoder, shared_decoder, weights_fingerprint)
+from .runtime import (
+    DecoderRunner,
+    TorchDecoderRunner,
+    decode_masks,
+    default_backend,
+    make_encoder,
+    shared_decoder,
+    weights_fingerprint,
+)
 from .transforms import MaskUpscaler, ResizeLongestSide, mask_upscaler, prepare_image
+
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""

@@ -11,7 +11,8 @@ module imports numpy and Pillow only; the `*_torch` methods work on whatever ten
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -37,8 +37,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.data import list_images
     from ..train.dist import resolve_device
-    from ..train.evaluate import (DEFAULT_PROMPTS, EvalSettings, evaluate, format_table,
-                                  parse_prompts, write_report)
+    from ..train.evaluate import (
+        DEFAULT_PROMPTS,
+        EvalSettings,
+        evaluate,
+        format_table,
+        parse_prompts,
+        write_report,
+    )
     from ..train.models import load_any
 
     settings = EvalSettings(prompts=tuple(parse_prompts(args.prompts or DEFAULT_PROMPTS)), seed=args.seed,

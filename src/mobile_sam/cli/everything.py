@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..prompts import GENERATOR_BOUNDS, PromptError, check_generator_options
-from ._common import (UserError, add_backend_arguments, add_common_arguments, display_name,
-                      load_model, output_bases, prepare_out_dir, report)
+from ._common import (
+    UserError,
+    add_backend_arguments,
+    add_common_arguments,
+    display_name,
+    load_model,
+    output_bases,
+    prepare_out_dir,
+    report,
+)
 
 if TYPE_CHECKING:
     from ..api import Result

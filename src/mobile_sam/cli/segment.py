@@ -22,8 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..prompts import PromptError, check_boxes, check_inside_image, check_points
-from ._common import (add_backend_arguments, add_common_arguments, display_name, load_model,
-                      output_bases, prepare_out_dir, report)
+from ._common import (
+    add_backend_arguments,
+    add_common_arguments,
+    display_name,
+    load_model,
+    output_bases,
+    prepare_out_dir,
+    report,
+)
 
 if TYPE_CHECKING:
     from ..api import Result

@@ -1,7 +1,8 @@
 """The Segment Anything model: image encoder + prompt encoder + mask decoder."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

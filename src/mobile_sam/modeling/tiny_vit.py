@@ -6,8 +6,8 @@ ImageNet classifier head (`norm_head`, `head`) that the checkpoint carries.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -241,7 +241,7 @@ class TinyViTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, c = x.shape
+        b, n, c = x.shape
         h = w = self.resolution
         ws = self.window
         if h == ws and w == ws:
@@ -256,15 +256,15 @@ class TinyViTBlock(nn.Module):
         x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
         x = self.attn(x)
         x = x.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
-        return x[:, :h, :w].reshape(b, l, c)
+        return x[:, :h, :w].reshape(b, n, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, c = x.shape  # tokens in row-major order
+        b, n, c = x.shape  # tokens in row-major order
         x = x + self.drop_path(self._windowed_attention(x))
         # Tokens <-> map as a view and a permute next to the conv (see PatchMerging): in
         # OpenVINO the depthwise conv then reads and writes NHWC in place, ~5 % of the encoder.
         r = self.resolution
-        x = self.local_conv(x.view(b, r, r, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, l, c)
+        x = self.local_conv(x.view(b, r, r, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.drop_path(self.mlp(x))
 
 

@@ -10,8 +10,17 @@
 
 The model itself (`mobile_sam.modeling`) knows nothing of these.
 """
-from .backends import (BACKENDS, PRECISIONS, BackendUnavailable, default_backend, installed,
-                       make_decoder, make_encoder, resolve_backend, shared_decoder)
+from .backends import (
+                       BACKENDS,
+                       PRECISIONS,
+                       BackendUnavailable,
+                       default_backend,
+                       installed,
+                       make_decoder,
+                       make_encoder,
+                       resolve_backend,
+                       shared_decoder,
+)
 from .cache import cached_encoder_onnx, weights_fingerprint
 from .decoders import DecoderRunner, TorchDecoderRunner, decode_masks
 from .encoders import Encoder

@@ -8,7 +8,8 @@ list helpers are the same objects as in `mobile_sam.masks`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -17,18 +18,32 @@ from ..masks import (
     MaskData,
     area_from_rle,
     batch_iterator,
-    box_xyxy_to_xywh as _box_xyxy_to_xywh,
     build_all_layer_point_grids,
     build_point_grid,
     generate_crop_boxes,
-    is_box_near_crop_edge as _is_box_near_crop_edge,
-    mask_to_rle as _mask_to_rle,
-    masks_to_boxes as _masks_to_boxes,
     remove_small_regions,
     rle_to_coco,
     rle_to_mask,
+)
+from ..masks import (
+    box_xyxy_to_xywh as _box_xyxy_to_xywh,
+)
+from ..masks import (
+    is_box_near_crop_edge as _is_box_near_crop_edge,
+)
+from ..masks import (
+    mask_to_rle as _mask_to_rle,
+)
+from ..masks import (
+    masks_to_boxes as _masks_to_boxes,
+)
+from ..masks import (
     uncrop_boxes_xyxy as _uncrop_boxes_xyxy,
+)
+from ..masks import (
     uncrop_masks as _uncrop_masks,
+)
+from ..masks import (
     uncrop_points as _uncrop_points,
 )
 from ..onnx.export import stability_score_graph
