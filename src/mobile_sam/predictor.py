@@ -106,11 +106,11 @@ class SamPredictor:
         if embedding.ndim != 4 or embedding.shape[0] != 1 or tuple(embedding.shape[1:]) != expected:
             raise ValueError(f"embedding must have shape (1, {', '.join(map(str, expected))}), "
                              f"got {tuple(embedding.shape)}")
+        sizes = _image_size(original_size, "original_size"), _image_size(input_size, "input_size")
         self.reset_image()
         dtype = next(self.model.mask_decoder.parameters()).dtype
         self.features = embedding.to(self.device, dtype)
-        self.original_size = _image_size(original_size, "original_size")
-        self.input_size = _image_size(input_size, "input_size")
+        self.original_size, self.input_size = sizes
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
