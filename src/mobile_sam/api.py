@@ -100,6 +100,7 @@ def normalize_prompts(points: Any = None, labels: Any = None, bboxes: Any = None
             raise PromptError("labels", "labels were given without points")
     else:
         array = as_finite(points, "points", _POINTS_LAYOUT)
+        mirror: tuple[int, ...]  # the labels' shape that mirrors the points
         if array.ndim == 1 and array.shape == (2,):
             pts, mirror = array.reshape(1, 1, 2), ()
         elif array.ndim == 2 and array.shape[1] == 2:
@@ -184,7 +185,8 @@ class Result:
         if self.masks_per_object <= 1:
             return np.arange(len(self))
         grouped = self.scores.reshape(-1, self.masks_per_object)
-        return np.arange(len(grouped)) * self.masks_per_object + grouped.argmax(axis=1)
+        best: np.ndarray = np.arange(len(grouped)) * self.masks_per_object + grouped.argmax(axis=1)
+        return best
 
     def plot(self, *, alpha: float = 0.5, outline: bool = True, prompts: bool = True) -> np.ndarray:
         """The overlay (H, W, 3) uint8: with prompts, the best mask of each object in the
@@ -199,7 +201,7 @@ class Result:
                            outline=outline)
         points = labels = boxes = None
         if prompts and self.prompts is not None:
-            if self.prompts.points is not None:
+            if self.prompts.points is not None and self.prompts.labels is not None:
                 points = self.prompts.points.reshape(-1, 2)
                 labels = self.prompts.labels.reshape(-1)
             boxes = self.prompts.boxes
@@ -378,13 +380,16 @@ class SAM:
         self._set_image(image)
         p = self.predictor
         device = p.device
+        original_size = p.original_size
+        if original_size is None:
+            raise RuntimeError("the predictor has no image set after set_image")
         coords = labels = boxes = None
         if prompts.points is not None:
-            coords = torch.as_tensor(p.transform.apply_coords(prompts.points, p.original_size),
+            coords = torch.as_tensor(p.transform.apply_coords(prompts.points, original_size),
                                      dtype=torch.float, device=device)
             labels = torch.as_tensor(prompts.labels, dtype=torch.int, device=device)
         if prompts.boxes is not None:
-            boxes = torch.as_tensor(p.transform.apply_boxes(prompts.boxes, p.original_size),
+            boxes = torch.as_tensor(p.transform.apply_boxes(prompts.boxes, original_size),
                                     dtype=torch.float, device=device)
         # One batched decoder call for all objects: B, M, H, W masks and B, M scores.
         masks, scores, _ = p.predict_torch(coords, labels, boxes, multimask_output=multimask)

@@ -128,6 +128,20 @@ class SamAutomaticMaskGenerator:
         (OpenVINO on AVX512-FP16 CPUs: ~1.4x faster per point).
     """
 
+    # The checked options, set in __init__ from `check_generator_options`.
+    points_per_side: int | None
+    points_per_batch: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    stability_score_offset: float
+    box_nms_thresh: float
+    crop_n_layers: int
+    crop_nms_thresh: float
+    crop_overlap_ratio: float
+    crop_n_points_downscale_factor: int
+    min_mask_region_area: int
+    point_grids: list[np.ndarray]
+
     def __init__(
         self,
         model: Any,
@@ -167,7 +181,7 @@ class SamAutomaticMaskGenerator:
         )
         for name, value in options.items():  # attributes named as the arguments
             setattr(self, name, value)
-        if points_per_side is not None:
+        if self.points_per_side is not None:
             self.point_grids = build_all_layer_point_grids(
                 self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
             )
@@ -212,12 +226,12 @@ class SamAutomaticMaskGenerator:
         try:
             from mobile_sam.modeling import Sam
         except ImportError:  # no torch: then only a predictor object can work
-            Sam = None
+            pass
+        else:
+            if isinstance(model, Sam):
+                from mobile_sam.predictor import SamPredictor
 
-        if Sam is not None and isinstance(model, Sam):
-            from mobile_sam.predictor import SamPredictor
-
-            return SamPredictor(model)
+                return SamPredictor(model)
         raise TypeError(
             "model must be a mobile_sam Sam model or a predictor with "
             f"{', '.join(_PREDICTOR_METHODS)}; got {type(model).__name__}"

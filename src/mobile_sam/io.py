@@ -72,7 +72,8 @@ POSITIVE_COLOR = (0, 255, 0)
 NEGATIVE_COLOR = (255, 0, 0)
 _POINT_BORDER = (255, 255, 255)
 
-ImageSource = str | os.PathLike[str] | bytes | IO[bytes] | np.ndarray | Image.Image
+ImageSource = (str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | np.ndarray
+               | Image.Image)
 
 
 class ImageLoadError(ValueError):

@@ -23,6 +23,7 @@ from .prompts import (
 )
 from .runtime import (
     DecoderRunner,
+    Encoder,
     TorchDecoderRunner,
     decode_masks,
     default_backend,
@@ -48,8 +49,14 @@ class SamPredictor:
         # Prompts decoded together by predict_point_batch on a CPU: eager torch is fastest
         # with few (the 4096-token activations stay in cache), the compiled graph with more.
         self.cpu_decoder_batch = 8 if self.backend == "openvino" else 2
-        self._encoder = None
-        self._encoder_fingerprint: tuple | None = None
+        self._encoder: Encoder | None = None
+        self._encoder_fingerprint: tuple[Any, ...] | None = None
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self._decoder_cache: DecoderImageCache | None = None  # prompt-independent decoder work
+        self._runners: dict[bool, DecoderRunner] = {}
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
         self.reset_image()
 
     # ----------------------------------------------------------------- image
@@ -65,7 +72,7 @@ class SamPredictor:
         x, input_size = prepare_image(image, self.model.img_size, *self.model.normalization)
         self.set_image_embedding(self._encode(x), image.shape[:2], input_size)
 
-    def _encode(self, x) -> torch.Tensor:
+    def _encode(self, x: np.ndarray) -> torch.Tensor:
         """Run the encoder backend on a 1x3xSxS normalised image (numpy); rebuilt when the
         model's weights have changed since it was made."""
         fingerprint = weights_fingerprint(self.model.image_encoder)
@@ -99,25 +106,25 @@ class SamPredictor:
         if embedding.ndim != 4 or embedding.shape[0] != 1 or tuple(embedding.shape[1:]) != expected:
             raise ValueError(f"embedding must have shape (1, {', '.join(map(str, expected))}), "
                              f"got {tuple(embedding.shape)}")
+        sizes = _image_size(original_size, "original_size"), _image_size(input_size, "input_size")
         self.reset_image()
         dtype = next(self.model.mask_decoder.parameters()).dtype
         self.features = embedding.to(self.device, dtype)
-        self.original_size = tuple(int(v) for v in original_size)
-        self.input_size = tuple(int(v) for v in input_size)
+        self.original_size, self.input_size = sizes
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding: 1, 256, 64, 64."""
-        self._require_image()
-        return self.features
+        features, _, _ = self._require_image()
+        return features
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features: torch.Tensor | None = None
-        self._decoder_cache: DecoderImageCache | None = None  # prompt-independent decoder work
-        self._runners: dict[bool, DecoderRunner] = {}
-        self.original_size: tuple[int, ...] | None = None
-        self.input_size: tuple[int, ...] | None = None
+        self.features = None
+        self._decoder_cache = None
+        self._runners = {}
+        self.original_size = None
+        self.input_size = None
 
     @property
     def device(self) -> torch.device:
@@ -127,9 +134,12 @@ class SamPredictor:
     def mask_threshold(self) -> float:
         return self.model.mask_threshold
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
+    def _require_image(self) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """The current image's embedding, original (H, W) and resized (h', w') sizes."""
+        if (not self.is_image_set or self.features is None or self.original_size is None
+                or self.input_size is None):
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return self.features, self.original_size, self.input_size
 
     # --------------------------------------------------------------- prompts
     def predict(
@@ -162,11 +172,12 @@ class SamPredictor:
                               long_side=self.transform.target_length)
         with torch.inference_mode():
             low_res, iou = self._decode(*self._tensors(packed), mask_t, multimask_output)
-        low_res = low_res[0].cpu().numpy()
-        masks = self._upscale(low_res)  # numpy from here on: no torch threads left spinning
+        low_res_np: np.ndarray = low_res[0].cpu().numpy()
+        masks: np.ndarray = self._upscale(low_res_np)  # numpy from here on: no torch threads
         if not return_logits:
             masks = masks > self.mask_threshold
-        return masks, iou[0].cpu().numpy(), low_res
+        iou_np: np.ndarray = iou[0].cpu().numpy()
+        return masks, iou_np, low_res_np
 
     @torch.inference_mode()
     def predict_torch(
@@ -199,7 +210,8 @@ class SamPredictor:
 
     def _tensors(self, packed: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """`pack_prompts` output as tensors on the model's device."""
-        return tuple(torch.as_tensor(a, device=self.device) for a in packed)
+        coords, labels = packed
+        return torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, device=self.device)
 
     def _decode(self, coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor | None,
                 multimask_output: bool, min_iou: float | None = None, half: bool = False,
@@ -208,16 +220,17 @@ class SamPredictor:
         """Packed prompts (`pack_prompts`: B x N' x 2 input-frame coords, B x N' labels) and an
         optional B x 1 x 256 x 256 mask input -> low-res logits and IoU predictions."""
         model = self.model
-        dtype = self.features.dtype
+        features, _, _ = self._require_image()
+        dtype = features.dtype
         if batch is not None and coords.shape[0] != batch:  # a mask input without points
             coords, labels = coords.expand(batch, -1, -1), labels.expand(batch, -1)
         runner = self._decoder(half)
         if mask_input is not None:  # a dense embedding per prompt: nothing to reuse
             dense = model.prompt_encoder.mask_downscaling(mask_input.to(self.device, dtype))
-            cache = DecoderImageCache.build(self.features, model.prompt_encoder, model.mask_decoder, dense)
+            cache = DecoderImageCache.build(features, model.prompt_encoder, model.mask_decoder, dense)
         else:
             if self._decoder_cache is None:
-                self._decoder_cache = DecoderImageCache.build(self.features, model.prompt_encoder,
+                self._decoder_cache = DecoderImageCache.build(features, model.prompt_encoder,
                                                               model.mask_decoder)
             cache = self._decoder_cache
         if coords.shape[1] == 0:  # no point and no box: the compiled graphs need >= 1 point
@@ -250,10 +263,10 @@ class SamPredictor:
         half_precision: decode in float16 where the CPU does so natively (see
         `mobile_sam.runtime.make_decoder`); the generator's fast mode asks for it.
         """
-        self._require_image()
+        _, original_size, _ = self._require_image()
         points = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
         coords_t, labels_t = self._tensors(pack_prompts(
-            points, np.ones(points.shape[:2], np.int64), None, original_size=self.original_size,
+            points, np.ones(points.shape[:2], np.int64), None, original_size=original_size,
             long_side=self.transform.target_length))
         # On a CPU, a few prompts at a time keep the 4096-token activations in cache; a
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
@@ -264,7 +277,9 @@ class SamPredictor:
                               half_precision) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
-        return low_res.cpu().numpy(), iou.cpu().numpy()
+        low_res_np: np.ndarray = low_res.cpu().numpy()
+        iou_np: np.ndarray = iou.cpu().numpy()
+        return low_res_np, iou_np
 
     def _decode_kept_points(self, coords: torch.Tensor, labels: torch.Tensor, step: int,
                             min_iou: float, half: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -290,15 +305,24 @@ class SamPredictor:
         return np.asarray(self._upscale(np.asarray(low_res_logits, dtype=np.float32)))
 
     def _upscaler(self) -> MaskUpscaler:
+        _, original_size, input_size = self._require_image()
         return mask_upscaler(4 * self.model.prompt_encoder.image_embedding_size[0],
-                             self.model.img_size, self.input_size, self.original_size)
+                             self.model.img_size, input_size, original_size)
 
     def _upscale(self, low_res: Any) -> Any:
         """Low-res logits (..., 256, 256) -> logits at the image size: one sparse pass on the
         CPU (`MaskUpscaler`), the model's two interpolations on other devices."""
         if self.device.type == "cpu" or isinstance(low_res, np.ndarray):
             return self._upscaler()(low_res)
+        _, original_size, input_size = self._require_image()
         shape = low_res.shape
-        masks = self.model.postprocess_masks(low_res.reshape(-1, 1, *shape[-2:]), self.input_size,
-                                             self.original_size)
+        masks = self.model.postprocess_masks(low_res.reshape(-1, 1, *shape[-2:]), input_size,
+                                             original_size)
         return masks.reshape(*shape[:-2], *masks.shape[-2:])
+
+
+def _image_size(size: tuple[int, ...], name: str) -> tuple[int, int]:
+    """An image size given as any sequence of two ints -> (int, int)."""
+    if len(size) != 2:
+        raise ValueError(f"{name} must be (height, width), got {tuple(size)}")
+    return int(size[0]), int(size[1])

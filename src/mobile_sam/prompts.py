@@ -227,7 +227,7 @@ def check_prompt_batch(point_coords: np.ndarray | None, point_labels: np.ndarray
     sizes = {}
     if (point_coords is None) != (point_labels is None):
         raise PromptError("point_coords", "point_coords and point_labels must be given together")
-    if point_coords is not None:
+    if point_coords is not None and point_labels is not None:  # given together (checked above)
         coords = as_finite(point_coords, "point_coords", "B x N x 2")
         if coords.ndim != 3 or coords.shape[-1] != 2:
             raise PromptError("point_coords", f"point_coords must be B x N x 2, got {coords.shape}")

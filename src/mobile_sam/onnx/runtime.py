@@ -97,7 +97,8 @@ def load_model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
                if k not in (info if isinstance(info, dict) else {})]
     if missing:
         raise OnnxModelError(f"{path} is not a mobile_sam ONNX description: missing {missing}")
-    return info
+    described: dict[str, Any] = info
+    return described
 
 
 def _names(items: Any) -> tuple[str, ...]:
@@ -164,8 +165,16 @@ class OnnxPredictor:
                              threads, session_factory)
         self.precision = precision
         self.image_size = int(self.info["image_size"])
-        self.mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
+        mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
+        if len(mask_input_size) != 2:
+            raise OnnxModelError(f"{self.folder / MODEL_JSON}: mask_input_size must be "
+                                 f"[height, width], got {list(mask_input_size)}")
+        self.mask_input_size: tuple[int, int] = (mask_input_size[0], mask_input_size[1])
         self.transform = ResizeLongestSide(self.image_size)
+        self.is_image_set = False
+        self.features: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
         self.reset_image()
 
     # ----------------------------------------------------------------- image
@@ -175,7 +184,8 @@ class OnnxPredictor:
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """1×3×S×S float32 (from `mobile_sam.transforms.prepare_image`) -> 1×C×h×w embedding."""
-        return self.encoder.run(["image_embeddings"], {"image": image})[0]
+        embedding: np.ndarray = self.encoder.run(["image_embeddings"], {"image": image})[0]
+        return embedding
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see
@@ -191,18 +201,21 @@ class OnnxPredictor:
 
     def get_image_embedding(self) -> np.ndarray:
         """The current image's embedding: 1, 256, 64, 64 float32."""
-        self._require_image()
-        return self.features
+        features, _, _ = self._require_image()
+        return features
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features: np.ndarray | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        self.features = None
+        self.original_size = None
+        self.input_size = None
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
+    def _require_image(self) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """The current image's embedding, original (H, W) and resized (h', w') sizes."""
+        if (not self.is_image_set or self.features is None or self.original_size is None
+                or self.input_size is None):
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return self.features, self.original_size, self.input_size
 
     # --------------------------------------------------------------- prompts
     def predict(
@@ -293,10 +306,11 @@ class OnnxPredictor:
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
         """K, 256, 256 low-res logits -> K, H, W float32 logits at the current image's size
         (the shared `mobile_sam.transforms.MaskUpscaler`, as the torch predictor)."""
-        self._require_image()
-        upscaler = mask_upscaler(self.mask_input_size[0], self.image_size, self.input_size,
-                                 self.original_size)
-        return upscaler(np.asarray(low_res_logits, dtype=np.float32))
+        _, original_size, input_size = self._require_image()
+        upscaler = mask_upscaler(self.mask_input_size[0], self.image_size, input_size,
+                                 original_size)
+        logits: np.ndarray = upscaler(np.asarray(low_res_logits, dtype=np.float32))
+        return logits
 
 
 class OnnxDecoder:
