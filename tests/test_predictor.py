@@ -213,3 +213,12 @@ def test_min_iou_skips_only_prompts_that_would_be_dropped(fixture_predictor):
     # Every prompt kept (each batch written whole into the output array).
     low_every, _ = p.predict_point_batch(pts, min_iou=float(iou_all.min()) - 1.0)
     np.testing.assert_allclose(low_every, low_all[..., :rows, :], atol=1e-3, rtol=0)
+
+
+def test_set_image_embedding_refuses_a_bad_size_and_keeps_the_image(tiny_sam):
+    p = SamPredictor(tiny_sam)
+    p.set_image(np.zeros((48, 64, 3), np.uint8))
+    embedding = p.get_image_embedding().clone()
+    with pytest.raises(ValueError, match="original_size must be"):
+        p.set_image_embedding(embedding, (48, 64, 3), p.input_size)
+    assert p.is_image_set and p.original_size == (48, 64)
