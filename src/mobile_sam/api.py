@@ -23,14 +23,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from ._optional import require_torch
 from .automatic import SamAutomaticMaskGenerator
-from .build import load_sam
 from .io import load_image, overlay, save_image_png, save_mask_png
 from .masks import (
     area_from_rle,
@@ -40,8 +39,7 @@ from .masks import (
     rle_to_coco,
     rle_to_mask,
 )
-from .modeling import Sam
-from .predictor import SamPredictor
+from .onnx.runtime import OnnxPredictor, is_export_folder, open_export_folder
 from .prompts import (
     PromptError,
     PromptTypeError,
@@ -51,6 +49,12 @@ from .prompts import (
     check_labels,
 )
 from .weights import resolve_checkpoint
+
+if TYPE_CHECKING:  # torch is imported only for a torch model (an ONNX folder runs without)
+    import torch
+
+    from .modeling import Sam
+    from .predictor import SamPredictor
 
 __all__ = ["SAM", "Prompts", "Result", "check_prompts_in_image", "normalize_prompts"]
 
@@ -286,7 +290,9 @@ class SAM:
 
     ``model``: a variant or known file name (``"vit_t"``, ``"mobile_sam.pt"``: looked up in
     the download cache and fetched when absent, see :func:`mobile_sam.weights.resolve_checkpoint`),
-    a checkpoint path, or a :class:`~mobile_sam.modeling.Sam` instance. ``device``: torch
+    a checkpoint path, or a :class:`~mobile_sam.modeling.Sam` instance; or a folder written
+    by ``mobile-sam export`` (or an :class:`~mobile_sam.onnx.OnnxPredictor`), which runs in
+    onnxruntime without torch. ``device``: torch
     device; None keeps an instance where it is and puts a loaded model on the CPU.
     ``backend``, ``precision``: where the model runs, as for :class:`SamPredictor`
     (``"auto"``/``"fp32"``: the fastest installed backend with fp32 results).
@@ -295,23 +301,39 @@ class SAM:
     array, file or image content) only runs the decoder.
     """
 
-    def __init__(self, model: str | os.PathLike[str] | Sam = "vit_t",
+    def __init__(self, model: str | os.PathLike[str] | Sam | OnnxPredictor = "vit_t",
                  device: str | torch.device | None = None, *, backend: str = "auto",
                  precision: str = "fp32") -> None:
+        self.model: Sam | OnnxPredictor
+        self.predictor: SamPredictor | OnnxPredictor
+        self._image_key: tuple[Any, ...] | None = None
+        if isinstance(model, (str, os.PathLike)) and is_export_folder(model):
+            model = open_export_folder(model, backend=backend, precision=precision,
+                                       device=device)
+        if isinstance(model, OnnxPredictor):
+            self.model = self.predictor = model
+            return
+        require_torch(f"SAM({os.fspath(model)!r})" if isinstance(model, (str, os.PathLike))
+                      else "SAM(model)")
+        import torch
+
+        from .build import load_sam
+        from .modeling import Sam
+        from .predictor import SamPredictor
+
         if isinstance(model, Sam):
             sam = model
         elif isinstance(model, (str, os.PathLike)):
             sam = load_sam(resolve_checkpoint(model))
         else:
             raise TypeError(
-                "model must be a name, a checkpoint path or a Sam model, got "
-                f"{type(model).__name__}"
+                "model must be a name, a checkpoint path or a Sam model (or an exported ONNX "
+                f"folder or OnnxPredictor), got {type(model).__name__}"
             )
         if device is not None or not isinstance(model, Sam):
             sam = sam.to(torch.device(device if device is not None else "cpu"))
         self.model = sam.eval()
         self.predictor = SamPredictor(self.model, backend=backend, precision=precision)
-        self._image_key: tuple[Any, ...] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Result]:
         return self.predict(*args, **kwargs)
@@ -374,30 +396,17 @@ class SAM:
             self.predictor.set_image(image)
             self._image_key = key
 
-    @torch.inference_mode()
     def _prompted(self, image: np.ndarray, path: str | None, prompts: Prompts,
                   multimask: bool) -> Result:
         self._set_image(image)
-        p = self.predictor
-        device = p.device
-        original_size = p.original_size
-        if original_size is None:
-            raise RuntimeError("the predictor has no image set after set_image")
-        coords = labels = boxes = None
-        if prompts.points is not None:
-            coords = torch.as_tensor(p.transform.apply_coords(prompts.points, original_size),
-                                     dtype=torch.float, device=device)
-            labels = torch.as_tensor(prompts.labels, dtype=torch.int, device=device)
-        if prompts.boxes is not None:
-            boxes = torch.as_tensor(p.transform.apply_boxes(prompts.boxes, original_size),
-                                    dtype=torch.float, device=device)
         # One batched decoder call for all objects: B, M, H, W masks and B, M scores.
-        masks, scores, _ = p.predict_torch(coords, labels, boxes, multimask_output=multimask)
+        masks, scores, _ = self.predictor.predict_batch(
+            prompts.points, prompts.labels, prompts.boxes, multimask_output=multimask)
         per = masks.shape[1]
         return Result(
             orig_img=image,
-            masks=masks.reshape(-1, *masks.shape[2:]).cpu().numpy(),
-            scores=scores.reshape(-1).float().cpu().numpy(),
+            masks=masks.reshape(-1, *masks.shape[2:]),
+            scores=scores.reshape(-1).astype(np.float32),
             path=path,
             prompts=prompts,
             masks_per_object=per,

@@ -208,6 +208,39 @@ class SamPredictor:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B objects at once with numpy arrays in pixels of the original image: `predict_torch`
+        after `transform`, with `mobile_sam.onnx.OnnxPredictor.predict_batch`'s interface.
+
+        point_coords: B, N, 2 XY with point_labels B, N; boxes: B, 4 XYXY; either may be None;
+        mask_input: 1, 256, 256 logits. Returns masks B, M, H, W (bool, or float32 logits if
+        return_logits), iou_predictions B, M and low-res logits B, M, 256, 256 (float32).
+        """
+        _, original_size, _ = self._require_image()
+        device = self.device
+        coords = labels = boxes_t = mask_t = None
+        if point_coords is not None:
+            coords = torch.as_tensor(self.transform.apply_coords(point_coords, original_size),
+                                     dtype=torch.float, device=device)
+            labels = torch.as_tensor(point_labels, dtype=torch.int, device=device)
+        if boxes is not None:
+            boxes_t = torch.as_tensor(self.transform.apply_boxes(boxes, original_size),
+                                      dtype=torch.float, device=device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
+        masks, iou, low_res = self.predict_torch(coords, labels, boxes_t, mask_t,
+                                                 multimask_output, return_logits)
+        return (masks.cpu().numpy(), iou.float().cpu().numpy(),
+                low_res.float().cpu().numpy())
+
     def _tensors(self, packed: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """`pack_prompts` output as tensors on the model's device."""
         coords, labels = packed

@@ -3,6 +3,8 @@ output folders and names.
 
 Kept torch-free at import time: every subcommand's parser is built on each run of
 `mobile-sam`, so torch and the model code are imported inside the functions that need them.
+`--model` may name an exported ONNX folder (`load_model_or_folder`): then torch is never
+imported and the model runs in onnxruntime.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..modeling import Sam
+    from ..onnx.runtime import OnnxPredictor
+
+# `mobile_sam.runtime.BACKENDS` and `PRECISIONS`, written out so that building the parser does
+# not import torch (tests/test_torchfree.py checks they stay equal).
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+PRECISION_CHOICES = ("fp32", "int8", "bf16")
 
 
 class UserError(Exception):
@@ -23,30 +31,52 @@ class UserError(Exception):
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every model-running subcommand shares."""
     parser.add_argument("--model", default="vit_t",
-                        help="model name (vit_t, vit_b, vit_l, vit_h), known file name, or checkpoint path")
+                        help="model name (vit_t, vit_b, vit_l, vit_h), known file name, checkpoint "
+                             "path, or a folder written by `mobile-sam export` (runs without torch)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the model runs (see mobile_sam.runtime), for subcommands that predict."""
-    from ..runtime import BACKENDS, PRECISIONS
-
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="auto (default): OpenVINO if installed, else onnxruntime, else torch")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="encoder precision: fp32 (default), bf16 (openvino), int8 (onnxruntime)")
 
 
 def set_threads(threads: int | None) -> None:
     """Apply `--threads` (torch intra-op threads); None leaves torch's default."""
+    check_threads(threads)
     if threads is None:
         return
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+
+
+def load_model_or_folder(args: argparse.Namespace) -> Sam | OnnxPredictor:
+    """`--model` as a torch model (`load_model`), or, when it names a folder written by
+    `mobile-sam export`, as an `OnnxPredictor` on onnxruntime (no torch imported; `--threads`
+    sets onnxruntime's threads, `--precision` fp32 or int8, `--device` must be cpu)."""
+    from ..onnx.runtime import OnnxModelError, is_export_folder, open_export_folder
+
+    if not is_export_folder(args.model):
+        return load_model(args)
+    check_threads(args.threads)
+    try:
+        return open_export_folder(args.model, backend=getattr(args, "backend", "auto"),
+                                  precision=getattr(args, "precision", "fp32"),
+                                  device=args.device, threads=args.threads)
+    except OnnxModelError as exc:
+        raise UserError(f"--model {args.model}: {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"--model {exc}") from None
 
 
 def load_model(args: argparse.Namespace) -> Sam:
@@ -54,6 +84,9 @@ def load_model(args: argparse.Namespace) -> Sam:
     needed), build the model the file holds (`mobile_sam.load_sam`), apply `--threads` and
     `--device`. `args.model` is replaced by the resolved file path, for outputs that record it.
     """
+    from .._optional import require_torch
+
+    require_torch(f"--model {args.model} (a checkpoint)")
     import torch
 
     from ..build import load_sam

@@ -20,7 +20,7 @@ from ._common import (
     add_backend_arguments,
     add_common_arguments,
     display_name,
-    load_model,
+    load_model_or_folder,
     output_bases,
     prepare_out_dir,
     report,
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         if sam is None:
             from ..api import SAM
 
-            sam = SAM(load_model(args), backend=args.backend,  # model errors end the run
+            sam = SAM(load_model_or_folder(args), backend=args.backend,  # model errors end the run
                       precision=args.precision)
         try:
             result = sam.predict(image, **generator_kwargs)[0]

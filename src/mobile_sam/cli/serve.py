@@ -5,7 +5,12 @@ import argparse
 import ipaddress
 import sys
 
-from ._common import UserError, add_backend_arguments, add_common_arguments, load_model
+from ._common import (
+    UserError,
+    add_backend_arguments,
+    add_common_arguments,
+    load_model_or_folder,
+)
 
 DEFAULT_PORT = 8000
 
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serve import create_app
 
-    model = load_model(args)
+    model = load_model_or_folder(args)
     app = create_app(
         model,
         backend=args.backend,

@@ -19,14 +19,15 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..prompts import check_image, check_mask_input, check_points, check_single_box, pack_prompts
 from ..transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
-__all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "load_model_info"]
+__all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "is_export_folder",
+           "load_model_info", "open_export_folder"]
 
 MODEL_JSON = "model.json"
 PRECISIONS = ("fp32", "int8")
@@ -51,6 +52,7 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 SessionFactory = Callable[[Path, "int | None"], Any]
+_P = TypeVar("_P", bound="OnnxPredictor")
 
 
 class OnnxModelError(ValueError):
@@ -99,6 +101,30 @@ def load_model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise OnnxModelError(f"{path} is not a mobile_sam ONNX description: missing {missing}")
     described: dict[str, Any] = info
     return described
+
+
+def is_export_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder written by ``mobile-sam export`` (it holds model.json): what
+    the CLI, `mobile_sam.SAM` and the server take as an ONNX model instead of a checkpoint."""
+    return Path(path).is_dir() and (Path(path) / MODEL_JSON).is_file()
+
+
+def open_export_folder(folder: str | os.PathLike[str], *, backend: str = "auto",
+                       precision: str = "fp32", device: Any = None,
+                       threads: int | None = None) -> OnnxPredictor:
+    """An `OnnxPredictor` for an export folder given where a model name or checkpoint is
+    accepted (`mobile_sam.SAM`, the CLI's ``--model``, the server), with those surfaces'
+    options checked: the folder runs in onnxruntime on the CPU, in fp32 or int8."""
+    if backend not in ("auto", "onnxruntime"):
+        raise ValueError(f"{folder} is an exported ONNX folder: it runs in onnxruntime "
+                         f"(backend 'auto' or 'onnxruntime'), got backend {backend!r}")
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"{folder} is an exported ONNX folder: it runs on the CPU, got "
+                         f"device {str(device)!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{folder} is an exported ONNX folder: precision must be one of "
+                         f"{PRECISIONS}, got {precision!r}")
+    return OnnxPredictor(folder, precision=precision, threads=threads)
 
 
 def _names(items: Any) -> tuple[str, ...]:
@@ -177,10 +203,34 @@ class OnnxPredictor:
         self.input_size: tuple[int, int] | None = None
         self.reset_image()
 
+    def shared(self) -> OnnxPredictor:
+        """A predictor on the same sessions with its own image state (no files are read):
+        one per request or thread, as `SamPredictor(model)` is for a torch model."""
+        return self.share_into(type(self))
+
+    def share_into(self, cls: type[_P]) -> _P:
+        """A `cls` (this class or a subclass) on the same sessions, with no image set."""
+        other = cls.__new__(cls)
+        for name in ("folder", "info", "encoder", "decoder", "precision", "image_size",
+                     "mask_input_size", "transform"):
+            setattr(other, name, getattr(self, name))
+        other.reset_image()
+        return other
+
     # ----------------------------------------------------------------- image
     @property
     def mask_threshold(self) -> float:
         return float(self.info["mask_threshold"])
+
+    @property
+    def img_size(self) -> int:
+        """The model's square input size (`Sam.img_size`'s name)."""
+        return self.image_size
+
+    @property
+    def device(self) -> str:
+        """Always "cpu": the sessions run on the CPU."""
+        return "cpu"
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """1×3×S×S float32 (from `mobile_sam.transforms.prepare_image`) -> 1×C×h×w embedding."""
@@ -197,6 +247,25 @@ class OnnxPredictor:
         self.features = features
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.is_image_set = True
+
+    def set_image_embedding(self, embedding: np.ndarray, original_size: tuple[int, ...],
+                            input_size: tuple[int, ...]) -> None:
+        """Use an embedding computed earlier (a cache) for the next prompts, as
+        `SamPredictor.set_image_embedding`: embedding 1, C, h, w; original_size (H, W) of the
+        image; input_size its (h', w') after resizing the longest side to `image_size`."""
+        embedding = np.asarray(embedding, dtype=np.float32)
+        expected = (1, *self.info.get("embedding_shape", embedding.shape[1:]))
+        if embedding.shape != tuple(expected):
+            raise ValueError(f"embedding must have shape {tuple(expected)}, got {embedding.shape}")
+        sizes = [tuple(int(v) for v in size) for size in (original_size, input_size)]
+        for name, size in zip(("original_size", "input_size"), sizes, strict=True):
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"{name} must be (height, width) >= 1, got {size}")
+        self.reset_image()
+        self.features = embedding
+        self.original_size = (sizes[0][0], sizes[0][1])
+        self.input_size = (sizes[1][0], sizes[1][1])
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -242,11 +311,36 @@ class OnnxPredictor:
             boxes = check_single_box(box)
         if mask_input is not None:
             mask = check_mask_input(mask_input, self.mask_input_size)
-        point_feeds = self.prompt_arrays(coords, labels, boxes)
-        low_res, iou = self._decode(*point_feeds, mask)
+        masks, iou, low_res = self.predict_batch(
+            None if coords is None else coords[None], None if labels is None else labels[None],
+            boxes, mask, multimask_output=multimask_output, return_logits=return_logits)
+        return masks[0], iou[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for B objects at once, as `SamPredictor.predict_torch` with numpy arrays.
+
+        point_coords: B, N, 2 XY pixels with point_labels B, N; boxes: B, 4 XYXY; either may
+        be None; mask_input: 1, 256, 256 logits for every object. Inputs are taken as checked
+        (`mobile_sam.prompts`). Returns masks B, M, H, W (bool, or float32 logits if
+        return_logits), iou_predictions B, M and low-res logits B, M, 256, 256.
+        """
+        _, original_size, _ = self._require_image()
+        coords, labels = pack_prompts(point_coords, point_labels, boxes,
+                                      original_size=original_size,
+                                      long_side=self.transform.target_length)
+        low_res, iou = self._decode(coords, labels, mask_input)
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        low_res, iou = low_res[0, selected], iou[0, selected]
-        masks = self.upscale_logits(low_res)
+        low_res, iou = low_res[:, selected], iou[:, selected]
+        masks = self.upscale_logits(low_res.reshape(-1, *low_res.shape[2:]))
+        masks = masks.reshape(*low_res.shape[:2], *masks.shape[1:])
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou, low_res

@@ -16,11 +16,12 @@ Errors are JSON ``{"detail": message, "field": name}`` with a 4xx status.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..modeling import Sam
 from . import routes
 from .cache import EmbeddingCache
 from .engine import Engine
@@ -33,6 +34,10 @@ from .limits import (
 )
 from .middleware import JsonBodyLimit, SecurityHeaders
 
+if TYPE_CHECKING:
+    from ..modeling import Sam
+    from ..onnx.runtime import OnnxPredictor
+
 __all__ = ["create_app"]
 
 # JSON bodies (prompts, options) are small: 256 points take about 10 kB.
@@ -40,7 +45,7 @@ MAX_JSON_BYTES = 2**20
 
 
 def create_app(
-    model: Sam,
+    model: Sam | OnnxPredictor,
     *,
     backend: str = "auto",
     precision: str = "fp32",
@@ -49,7 +54,8 @@ def create_app(
     cache_items: int = DEFAULT_CACHE_ITEMS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> FastAPI:
-    """A FastAPI app serving ``model`` (a :class:`mobile_sam.modeling.Sam`, loaded once).
+    """A FastAPI app serving ``model`` (a :class:`mobile_sam.modeling.Sam`, loaded once, or an
+    :class:`mobile_sam.onnx.OnnxPredictor` on an exported folder: no torch needed).
 
     max_upload_bytes: largest accepted image file; larger uploads are refused while reading.
     max_pixels: largest accepted W * H, checked from the image header before decoding.

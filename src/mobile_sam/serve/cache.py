@@ -10,12 +10,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class CachedImage:
     """One uploaded image and its embedding.
 
-    ``features``: the encoder output, 1, C, h, w (a torch tensor on the model's device);
+    ``features``: the encoder output, 1, C, h, w (a torch tensor on the model's device, or a
+    numpy array for an exported ONNX model);
     ``original_size``: (H, W) of the decoded image; ``input_size``: (h', w') after resizing the
     longest side to the model's input size; ``data``: the uploaded (encoded) bytes, kept to
     re-decode the pixels for "everything" mode instead of holding the much larger RGB array.
@@ -29,7 +32,14 @@ class CachedImage:
 
     @property
     def nbytes(self) -> int:
-        return int(self.features.element_size() * self.features.nelement()) + len(self.data)
+        return int(self.features.nbytes) + len(self.data)
+
+    def features_array(self) -> np.ndarray:
+        """The embedding as a float32 numpy array, whatever the model (torch or ONNX)."""
+        features = self.features
+        if not isinstance(features, np.ndarray):
+            features = features.detach().float().cpu().numpy()
+        return np.asarray(features, dtype=np.float32)
 
 
 class EmbeddingCache:

@@ -5,31 +5,35 @@ and never share predictor state: each request gets its own predictor bound to it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..automatic import SamAutomaticMaskGenerator
 from ..io import load_image
 from ..masks import mask_to_rle, masks_to_boxes, rle_to_coco
-from ..modeling import Sam
-from ..predictor import SamPredictor
+from ..onnx.runtime import OnnxPredictor
 from .cache import CachedImage
 
+if TYPE_CHECKING:
+    from ..modeling import Sam
+    from ..predictor import SamPredictor
 
-class _EntryPredictor(SamPredictor):
-    """A SamPredictor bound to one cached embedding, whose model calls take the engine's lock.
+
+class _EntryPredictor:
+    """A predictor bound to one cached embedding, whose model calls take the engine's lock;
+    mixed into the model's predictor class by :meth:`Engine.entry_predictor`.
 
     ``full_image``: the decoded pixels of the entry, for the automatic mask generator. When the
     generator sets that very array (its crop covering the whole image), the cached embedding is
     reused; any other crop is embedded by the engine's encoder.
     """
 
-    def __init__(self, engine: Engine, entry: CachedImage,
-                 full_image: np.ndarray | None = None) -> None:
-        super().__init__(engine.model, engine.backend, engine.precision)
+    def bind(self, engine: Engine, entry: CachedImage,
+             full_image: np.ndarray | None = None) -> None:
         self._engine = engine
         self._entry = entry
         self._full_image = full_image
@@ -52,7 +56,7 @@ class _EntryPredictor(SamPredictor):
             return super().predict(*args, **kwargs)
 
     def predict_point_batch(self, points: np.ndarray,
-                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            min_iou: float | None = None) -> Any:
         with self._engine.lock:
             return super().predict_point_batch(points, min_iou)
 
@@ -68,15 +72,41 @@ def image_id(data: bytes) -> str:
 
 class Engine:
     """The model, the lock that serialises its use, and the one predictor that runs the image
-    encoder (so an encoder backend, e.g. an onnxruntime session, is set up once per app)."""
+    encoder (so an encoder backend, e.g. an onnxruntime session, is set up once per app).
 
-    def __init__(self, model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
-        if not isinstance(model, Sam):
-            raise TypeError(f"model must be a mobile_sam Sam model, got {type(model).__name__}")
-        self.model = model.eval()
+    ``model``: a torch `Sam`, or an `OnnxPredictor` (an exported folder: no torch needed),
+    whose sessions every request's predictor shares.
+    """
+
+    def __init__(self, model: Sam | OnnxPredictor, backend: str = "auto",
+                 precision: str = "fp32") -> None:
         self.lock = threading.RLock()
+        self.model: Sam | OnnxPredictor
+        if isinstance(model, OnnxPredictor):
+            self.model = model
+            self._encoder: SamPredictor | OnnxPredictor = model.shared()
+            self.backend, self.precision = "onnxruntime", model.precision
+            return
+        from ..modeling import Sam
+        from ..predictor import SamPredictor
+
+        if not isinstance(model, Sam):
+            raise TypeError("model must be a mobile_sam Sam model or an OnnxPredictor, got "
+                            f"{type(model).__name__}")
+        self.model = model.eval()
         self._encoder = SamPredictor(self.model, backend, precision)  # checks both
         self.backend, self.precision = self._encoder.backend, precision
+
+    def entry_predictor(self, entry: CachedImage,
+                        full_image: np.ndarray | None = None) -> Any:
+        """A predictor for one request, bound to `entry` (see `_EntryPredictor`)."""
+        predictor: Any
+        if isinstance(self.model, OnnxPredictor):
+            predictor = self.model.share_into(_OnnxEntryPredictor)
+        else:
+            predictor = _torch_entry_class()(self.model, self.backend, self.precision)
+        predictor.bind(self, entry, full_image)
+        return predictor
 
     def encode(self, image: np.ndarray, image_format: str = "RGB") -> CachedImage:
         """Embed an H, W, 3 uint8 image: an entry without id or data (see :meth:`embed`)."""
@@ -98,7 +128,8 @@ class Engine:
                 multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
         """Masks (M, H, W) bool and scores (M,) for one prompt on the entry's image (XY pixels
         of the original image, XYXY box). The predictor validates the prompt (PromptError)."""
-        predictor = _EntryPredictor(self, entry)
+        predictor = self.entry_predictor(entry)
+
         def array(value: Any, dtype: Any = None) -> np.ndarray | None:
             return None if value is None else np.asarray(value, dtype=dtype)
 
@@ -117,7 +148,7 @@ class Engine:
         """
         # The upload was decoded (and its pixel count checked) once already.
         image = load_image(entry.data, max_pixels=None)
-        predictor = _EntryPredictor(self, entry, full_image=image)
+        predictor = self.entry_predictor(entry, full_image=image)
         generator = SamAutomaticMaskGenerator(predictor, output_mode="coco_rle", **options)
         return generator.generate(image)
 
@@ -130,3 +161,16 @@ def masks_as_rle(masks: np.ndarray) -> list[dict[str, Any]]:
 def mask_boxes(masks: np.ndarray) -> list[list[int]]:
     """(M, H, W) bool masks -> XYXY boxes, inclusive max; [0, 0, 0, 0] for an empty mask."""
     return masks_to_boxes(masks).tolist()
+
+
+class _OnnxEntryPredictor(_EntryPredictor, OnnxPredictor):
+    """`_EntryPredictor` over an exported folder's sessions."""
+
+
+@functools.cache
+def _torch_entry_class() -> type:
+    """`_EntryPredictor` over a torch model: made on first use, so that this module imports
+    without torch."""
+    from ..predictor import SamPredictor
+
+    return type("_TorchEntryPredictor", (_EntryPredictor, SamPredictor), {"__module__": __name__})

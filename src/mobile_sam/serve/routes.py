@@ -164,7 +164,7 @@ def everything(id: str, engine: EngineDep, cache: CacheDep,
 def embedding(id: str, cache: CacheDep) -> Response:
     entry = _entry_or_404(cache, id)
     buffer = io.BytesIO()
-    np.save(buffer, entry.features.detach().float().cpu().numpy(), allow_pickle=False)
+    np.save(buffer, entry.features_array(), allow_pickle=False)
     return Response(
         content=buffer.getvalue(), media_type="application/octet-stream",
         headers={
