@@ -21,6 +21,13 @@ Files written into the output folder:
 
 With ``quantize="int8"``, ``encoder_int8.onnx`` is added (onnxruntime dynamic quantization)
 and its mask IoU against fp32 and its speed-up are measured and recorded in model.json.
+
+`export_tool_format` writes the pair that X-AnyLabeling's SAM loader and samexporter's
+runner load instead: ``<name>.encoder.onnx`` takes the image itself (``input_image``
+H×W×3 float32 RGB, 0-255, longest side at most S: resized by the tool) and normalises and
+pads it in the graph (`Sam.preprocess`); ``<name>.decoder.onnx`` is SAM's decoder interface
+with one mask per prompt (SAM's ONNX choice); for X-AnyLabeling, ``<name>.yaml`` is the model
+config it reads.
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ FILES = {
 }
 INT8_FILES = {"encoder": "encoder_int8.onnx"}
 QUANTIZE_CHOICES = ("int8",)
+TOOL_FORMATS = ("anylabeling", "samexporter")
+# X-AnyLabeling's SAM loader resizes each image to fit max_height × max_width and pads it to
+# that size; its MobileSAM config uses 682 × 1024 for a 1024 input (scaled for other sizes).
+ANYLABELING_HEIGHT_RATIO = 682 / 1024
 
 
 class ExportError(ValueError):
@@ -72,6 +83,19 @@ class EncoderGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image)
+
+
+class ImageInputEncoderGraph(nn.Module):
+    """input_image H×W×3 float32 RGB on the 0-255 scale, longest side at most S (the tools
+    resize it) -> image_embeddings: channels first, normalised and zero-padded to S×S in the
+    graph by `Sam.preprocess`, the torch path's own preprocessing."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, input_image: torch.Tensor) -> torch.Tensor:
+        return self.sam.image_encoder(self.sam.preprocess(input_image.permute(2, 0, 1)[None]))
 
 
 def preprocess_shape(orig_im_size: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -293,6 +317,83 @@ def _export_all(sam: Sam, folder: Path, opset: int, single_mask: bool,
                    "masks": {0: "batch", 1: "num_masks", 2: "height", 3: "width"}}, opset)
 
 
+def tool_file_names(sam: Sam, tool: str) -> dict[str, str]:
+    """The files `export_tool_format` writes, by role: ``mobile_sam.encoder.onnx`` etc. for
+    vit_t (``sam_<variant>.…`` for other variants), as samexporter names its exports."""
+    if tool not in TOOL_FORMATS:
+        raise ExportError(f"tool format must be one of {TOOL_FORMATS}, got {tool!r}")
+    variant = getattr(getattr(sam, "config", None), "name", None)
+    stem = "mobile_sam" if variant in (None, "vit_t") else f"sam_{variant}"
+    names = {"encoder": f"{stem}.encoder.onnx", "decoder": f"{stem}.decoder.onnx"}
+    if tool == "anylabeling":
+        names["config"] = f"{stem}.yaml"
+    return names
+
+
+def anylabeling_config(sam: Sam, names: dict[str, str]) -> str:
+    """X-AnyLabeling's model config (YAML) for the pair: its ``segment_anything`` loader reads
+    the two paths (relative to this file's folder) and the size it resizes images to."""
+    size = sam.img_size
+    variant = getattr(getattr(sam, "config", None), "name", None) or "custom"
+    lines = {
+        "type": "segment_anything",
+        "name": f"{names['encoder'].split('.')[0]}-{variant}-mobile_sam{__version__}",
+        "display_name": f"MobileSAM ({variant}, mobile_sam {__version__})",
+        "encoder_model_path": names["encoder"],
+        "decoder_model_path": names["decoder"],
+        "input_size": size,
+        "max_width": size,
+        "max_height": round(size * ANYLABELING_HEIGHT_RATIO),
+    }
+    return "".join(f"{key}: {value}\n" for key, value in lines.items())
+
+
+def export_tool_format(model: Sam, out_dir: str | os.PathLike[str], tool: str, *,
+                       opset: int = DEFAULT_OPSET, log: Any = None) -> dict[str, str]:
+    """Write the encoder/decoder pair (and config) `tool` loads into `out_dir`; returns the
+    file names by role. tool: "anylabeling" (X-AnyLabeling) or "samexporter". Written into a
+    temporary folder and renamed into place once every graph is exported and checked."""
+    opset = check_opset(opset)
+    if not isinstance(model, Sam):
+        raise TypeError(f"model must be a mobile_sam Sam model, got {type(model).__name__}")
+    names = tool_file_names(model, tool)
+    say = log or (lambda message: None)
+    out = Path(out_dir)
+    tmp = _prepare_folder(out)
+    training = model.training
+    try:
+        start = time.perf_counter()
+        model.eval()
+        size = model.img_size
+        example = torch.rand(size, round(size * 0.75), 3) * 255
+        _export_graph(ImageInputEncoderGraph(model), (example,), tmp / names["encoder"],
+                      ["input_image"], ["image_embeddings"],
+                      {"input_image": {0: "image_height", 1: "image_width"}}, opset)
+        ex = _example_inputs(model)
+        _export_graph(SamDecoderGraph(model, single_mask=True),
+                      tuple(ex[k] for k in PROMPT_INPUTS + ["orig_im_size"]),
+                      tmp / names["decoder"], PROMPT_INPUTS + ["orig_im_size"],
+                      ["masks", "iou_predictions", "low_res_masks"],
+                      {**_PROMPT_AXES, "masks": {0: "num_prompts", 2: "height", 3: "width"}},
+                      opset)
+        if "config" in names:
+            (tmp / names["config"]).write_text(anylabeling_config(model, names),
+                                               encoding="utf-8")
+        _move_into(tmp, out, [names[k] for k in ("encoder", "decoder", "config") if k in names])
+        say(f"exported {', '.join(names.values())} for {tool} (opset {opset}) in "
+            f"{time.perf_counter() - start:.1f} s")
+    finally:
+        model.train(training)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return names
+
+
+def _move_into(tmp: Path, out: Path, names: Sequence[str]) -> None:
+    """Rename the finished files from the temporary folder into `out`, in order."""
+    for name in names:
+        os.replace(tmp / name, out / name)
+
+
 def quantize_encoder(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Write an int8 copy of an exported encoder to `dst`: dynamic quantization, MatMul
     weights int8 per channel, activations quantized at run time.
@@ -465,8 +566,7 @@ def export_onnx(
                 f"(x{report['encoder_speedup']:.2f}, {threads or 'default'} threads)")
         save_json(tmp / MODEL_JSON, info, indent=1)
         names = [p.name for p in sorted(tmp.iterdir()) if p.name != MODEL_JSON] + [MODEL_JSON]
-        for name in names:
-            os.replace(tmp / name, out / name)
+        _move_into(tmp, out, names)
         for name in {*FILES.values(), *INT8_FILES.values()} - set(names):
             (out / name).unlink(missing_ok=True)  # from an earlier export of this folder
     finally:
