@@ -231,7 +231,7 @@ def test_cli_choices_match_the_runtime():
 def test_export_folder_options_are_checked(bundle, image_file, tmp_path, capsys):
     from mobile_sam.cli import main
 
-    for argv, needle in [(["--backend", "openvino"], "runs in onnxruntime"),
+    for argv, needle in [(["--backend", "torch"], "runs in onnxruntime or OpenVINO"),
                          (["--device", "cuda:0"], "runs on the CPU"),
                          (["--precision", "bf16"], "precision must be one of")]:
         assert main(["segment", str(image_file), "--point", "1,1", "--model", str(bundle),
@@ -240,3 +240,44 @@ def test_export_folder_options_are_checked(bundle, image_file, tmp_path, capsys)
         assert len(err) == 1 and needle in err[0] and str(bundle) in err[0], err
     with pytest.raises(ValueError, match="runs in onnxruntime"):
         SAM(bundle, backend="torch")
+
+
+def test_openvino_runs_the_export_folder_like_onnxruntime(bundle, image):
+    pytest.importorskip("openvino")
+    openvino = SAM(bundle, backend="openvino")
+    assert openvino.predictor.backend == "openvino"
+    onnxruntime = SAM(bundle, backend="onnxruntime")
+    for sam in (openvino, onnxruntime):
+        sam.predictor.set_image(image)
+    np.testing.assert_allclose(openvino.predictor.get_image_embedding(),
+                               onnxruntime.predictor.get_image_embedding(), atol=1e-4)
+    kwargs = dict(points=[[[40, 30], [100, 80]]], labels=[[1, 0]], bboxes=[BOX],
+                  multimask_output=True)
+    got, want = openvino.predict(image, **kwargs)[0], onnxruntime.predict(image, **kwargs)[0]
+    np.testing.assert_allclose(got.scores, want.scores, atol=2e-4)
+    assert (got.masks != want.masks).mean() < 1e-3
+
+
+def test_torch_names_say_what_to_install_when_torch_is_missing():
+    """Where torch is not installed (ModuleNotFoundError, as pip leaves it), the lazily
+    imported torch names of the package raise one line naming the extra."""
+    code = textwrap.dedent("""
+        import sys
+        class Missing:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name="torch")
+        sys.meta_path.insert(0, Missing())
+        import mobile_sam
+        from mobile_sam import SAM
+        try:
+            mobile_sam.sam_model_registry
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("MissingDependencyError mobile_sam.sam_model_registry "
+                                    "needs torch")
+    assert 'pip install "mobile_sam[torch]"' in result.stdout

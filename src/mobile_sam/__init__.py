@@ -37,7 +37,16 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        try:
+            module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            from ._optional import require_torch
+
+            require_torch(f"mobile_sam.{name}")  # raises: one line with the install command
+            raise
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

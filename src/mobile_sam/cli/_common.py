@@ -62,8 +62,9 @@ def check_threads(threads: int | None) -> None:
 
 def load_model_or_folder(args: argparse.Namespace) -> Sam | OnnxPredictor:
     """`--model` as a torch model (`load_model`), or, when it names a folder written by
-    `mobile-sam export`, as an `OnnxPredictor` on onnxruntime (no torch imported; `--threads`
-    sets onnxruntime's threads, `--precision` fp32 or int8, `--device` must be cpu)."""
+    `mobile-sam export`, as an `OnnxPredictor` (no torch imported; `--backend` auto,
+    onnxruntime or openvino, `--threads` the engine's threads, `--precision` fp32 or int8,
+    `--device` cpu)."""
     from ..onnx.runtime import OnnxModelError, is_export_folder, open_export_folder
 
     if not is_export_folder(args.model):

@@ -9,16 +9,19 @@ validates inputs and packs prompts, as for the torch predictor.
 
 `OnnxDecoder` runs ``decoder.onnx``, the file with SAM's ONNX decoder interface.
 
-Sessions come from `create_session` (onnxruntime, CPU); pass another ``session_factory``
+Sessions come from `create_session` (onnxruntime, CPU), or `create_openvino_session`
+(OpenVINO, CPU) with ``backend="openvino"``; pass another ``session_factory``
 (path, threads) -> object with ``run(output_names, feeds)``, ``get_inputs()`` and
 ``get_outputs()`` to use another engine.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,8 +29,8 @@ import numpy as np
 from ..prompts import check_image, check_mask_input, check_points, check_single_box, pack_prompts
 from ..transforms import ResizeLongestSide, mask_upscaler, prepare_image
 
-__all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_session", "is_export_folder",
-           "load_model_info", "open_export_folder"]
+__all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_openvino_session",
+           "create_session", "is_export_folder", "load_model_info", "open_export_folder"]
 
 MODEL_JSON = "model.json"
 PRECISIONS = ("fp32", "int8")
@@ -81,6 +84,61 @@ def create_session(path: Path, threads: int | None = None) -> Any:
         raise OnnxModelError(f"{path}: cannot load the ONNX model: {reason}") from None
 
 
+class _OpenVINOSession:
+    """An OpenVINO model compiled for the CPU in fp32, with the part of onnxruntime's
+    session interface the runtime uses (``run``, ``get_inputs``, ``get_outputs``)."""
+
+    _TYPES = {"f32": "tensor(float)", "f64": "tensor(double)", "i32": "tensor(int32)",
+              "i64": "tensor(int64)"}
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+
+    def _ports(self, ports: Any) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=self._name(port),
+                                type=self._TYPES.get(port.get_element_type().get_type_name(), ""))
+                for port in ports]
+
+    @staticmethod
+    def _name(port: Any) -> str:
+        """The graph's own name of a port: OpenVINO also attaches the exporter's internal
+        tensor names (``/image_encoder/.../Div_output_0``) to it."""
+        names = sorted(port.get_names(), key=lambda name: ("/" in name, name))
+        return str(names[0]) if names else str(port.any_name)
+
+    def get_inputs(self) -> list[SimpleNamespace]:
+        return self._ports(self._compiled.inputs)
+
+    def get_outputs(self) -> list[SimpleNamespace]:
+        return self._ports(self._compiled.outputs)
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # A request per call: requests hold state, and the predictor may be used by threads.
+        result = self._compiled.create_infer_request().infer(feeds)
+        return [np.asarray(result[self._compiled.output(name)]) for name in output_names]
+
+
+def create_openvino_session(path: Path, threads: int | None = None) -> Any:
+    """An OpenVINO CPU model for `path` (fp32 inference), on `threads` threads (None:
+    OpenVINO's default), with `create_session`'s interface and errors."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError("the OpenVINO backend needs openvino: pip install openvino") from exc
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        return _OpenVINOSession(ov.Core().compile_model(str(path), "CPU", config))
+    except Exception as exc:  # OpenVINO raises its own exception types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxModelError(f"{path}: cannot load the ONNX model: {reason}") from None
+
+
+SESSION_FACTORIES: dict[str, SessionFactory] = {"onnxruntime": create_session,
+                                                "openvino": create_openvino_session}
+
+
 def load_model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an export folder's model.json (written by ``mobile-sam export``)."""
     folder = Path(folder)
@@ -114,17 +172,23 @@ def open_export_folder(folder: str | os.PathLike[str], *, backend: str = "auto",
                        threads: int | None = None) -> OnnxPredictor:
     """An `OnnxPredictor` for an export folder given where a model name or checkpoint is
     accepted (`mobile_sam.SAM`, the CLI's ``--model``, the server), with those surfaces'
-    options checked: the folder runs in onnxruntime on the CPU, in fp32 or int8."""
-    if backend not in ("auto", "onnxruntime"):
-        raise ValueError(f"{folder} is an exported ONNX folder: it runs in onnxruntime "
-                         f"(backend 'auto' or 'onnxruntime'), got backend {backend!r}")
+    options checked: the folder runs on the CPU in onnxruntime or OpenVINO ("auto":
+    onnxruntime if installed, else OpenVINO), in fp32 or int8."""
+    if backend not in ("auto", *SESSION_FACTORIES):
+        raise ValueError(f"{folder} is an exported ONNX folder: it runs in onnxruntime or "
+                         f"OpenVINO (backend 'auto', 'onnxruntime' or 'openvino'), got "
+                         f"backend {backend!r}")
+    if backend == "auto":
+        have_ort = importlib.util.find_spec("onnxruntime") is not None
+        backend = "onnxruntime" if have_ort or importlib.util.find_spec("openvino") is None \
+            else "openvino"
     if device is not None and str(device) != "cpu":
         raise ValueError(f"{folder} is an exported ONNX folder: it runs on the CPU, got "
                          f"device {str(device)!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"{folder} is an exported ONNX folder: precision must be one of "
                          f"{PRECISIONS}, got {precision!r}")
-    return OnnxPredictor(folder, precision=precision, threads=threads)
+    return OnnxPredictor(folder, precision=precision, threads=threads, backend=backend)
 
 
 def _names(items: Any) -> tuple[str, ...]:
@@ -168,13 +232,19 @@ class OnnxPredictor:
 
     folder: written by ``mobile-sam export`` (or `mobile_sam.onnx.export.export_onnx`).
     precision: "fp32" or "int8" (the quantized encoder; the decoder stays fp32).
-    threads: onnxruntime intra-op threads (None: its default, all cores).
+    threads: the engine's threads (None: its default, all cores).
+    backend: "onnxruntime" or "openvino", the engine whose sessions run the files (unless
+    ``session_factory`` is given).
     Coordinates are XY pixels of the original image, boxes XYXY, as for `SamPredictor`.
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, precision: str = "fp32",
-                 threads: int | None = None,
-                 session_factory: SessionFactory = create_session) -> None:
+                 threads: int | None = None, backend: str = "onnxruntime",
+                 session_factory: SessionFactory | None = None) -> None:
+        if backend not in SESSION_FACTORIES:
+            raise ValueError(f"backend must be one of {tuple(SESSION_FACTORIES)}, got {backend!r}")
+        if session_factory is None:
+            session_factory = SESSION_FACTORIES[backend]
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -190,6 +260,7 @@ class OnnxPredictor:
         self.decoder = _open(self.folder, self.info, "decoder_lowres", "decoder_lowres",
                              threads, session_factory)
         self.precision = precision
+        self.backend = backend
         self.image_size = int(self.info["image_size"])
         mask_input_size = tuple(int(v) for v in self.info["mask_input_size"])
         if len(mask_input_size) != 2:
@@ -211,8 +282,8 @@ class OnnxPredictor:
     def share_into(self, cls: type[_P]) -> _P:
         """A `cls` (this class or a subclass) on the same sessions, with no image set."""
         other = cls.__new__(cls)
-        for name in ("folder", "info", "encoder", "decoder", "precision", "image_size",
-                     "mask_input_size", "transform"):
+        for name in ("folder", "info", "encoder", "decoder", "precision", "backend",
+                     "image_size", "mask_input_size", "transform"):
             setattr(other, name, getattr(self, name))
         other.reset_image()
         return other

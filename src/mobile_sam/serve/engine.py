@@ -85,7 +85,7 @@ class Engine:
         if isinstance(model, OnnxPredictor):
             self.model = model
             self._encoder: SamPredictor | OnnxPredictor = model.shared()
-            self.backend, self.precision = "onnxruntime", model.precision
+            self.backend, self.precision = model.backend, model.precision
             return
         from ..modeling import Sam
         from ..predictor import SamPredictor
