@@ -110,6 +110,10 @@ def test_polygons_of_tiny_parts_and_empty_masks():
     line[1, 1:5] = True
     (poly,) = mask_to_polygons(line, tolerance=3)
     assert len(poly) >= 3 and fill([poly], (6, 6))[1, 1:5].all()
+    # Column-major masks (as decoded from RLE) with a one-pixel part.
+    both = np.zeros((6, 6), bool, order="F")
+    both[1, 1:5] = both[4, 4] = True
+    assert both.flags.f_contiguous and len(mask_to_polygons(both)) == 2
 
 
 def test_join_parts_makes_one_polygon_that_fills_both_parts(masks):

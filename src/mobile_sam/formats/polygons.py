@@ -98,7 +98,8 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, *,
     cols = np.flatnonzero(m.any(axis=0))
     # Trace only the mask's bounding box, with a one-pixel empty border.
     y0, x0 = int(rows[0]), int(cols[0])
-    crop = np.pad(m[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8), 1)
+    # C order: OpenCV draws into it, and masks decoded from RLE are often column-major.
+    crop = np.ascontiguousarray(np.pad(m[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8), 1))
     offset = np.array([x0 - 1, y0 - 1], dtype=np.float64)
     polygons: list[np.ndarray] = []
     if pixel_edges:
