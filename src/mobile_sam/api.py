@@ -2,8 +2,10 @@
 
 A thin layer over :class:`~mobile_sam.predictor.SamPredictor` (prompts) and
 :class:`~mobile_sam.automatic.SamAutomaticMaskGenerator` (no prompt: "everything" mode) that
-takes paths, arrays or PIL images and returns one :class:`Result` per source, with masks,
-scores, boxes, an overlay and COCO records. Prompt formats follow Ultralytics' ``SAM``:
+takes paths, arrays or PIL images and returns one :class:`Result` per source, shaped like
+Ultralytics' ``Results`` (``masks.data`` / ``.xy``, ``boxes.xyxy`` / ``.conf``, ``plot()``,
+``save()``, ``to_json()``), with COCO records and a bridge to the dataset writers of
+:mod:`mobile_sam.formats`. Prompt formats follow Ultralytics' ``SAM``:
 
 * ``points=[x, y]``: one object, one point;
 * ``points=[[x, y], [x, y]]``: several objects, one point each;
