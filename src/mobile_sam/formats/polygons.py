@@ -112,9 +112,12 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, *,
             if len(np.unique(points, axis=0)) >= 3:
                 polygons.append(_simplify(points, tol) + offset)
                 continue
-            part = np.zeros_like(crop)
-            cv2.drawContours(part, [contour], -1, 1, thickness=cv2.FILLED)
-            polygons.extend(_simplify(o, tol) - 0.5 + offset for o in _edge_outline(part))
+            # Redraw the thin part alone in a small canvas around it, and trace its pixel edges.
+            corner = points.min(axis=0) - 1
+            size = points.max(axis=0) - corner + 2
+            part = np.zeros((int(size[1]), int(size[0])), dtype=np.uint8)
+            cv2.drawContours(part, [contour - corner], -1, 1, thickness=cv2.FILLED)
+            polygons.extend(_simplify(o, tol) - 0.5 + corner + offset for o in _edge_outline(part))
     areas = [abs(float(cv2.contourArea(p.astype(np.float32)))) for p in polygons]
     order = sorted(range(len(polygons)), key=lambda i: -areas[i])
     return [polygons[i].astype(np.float64) for i in order]
