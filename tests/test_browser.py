@@ -238,7 +238,8 @@ def test_page_shows_server_errors_and_docs_render(page, server, tmp_path):
     page.goto(server.url + "docs")
     page.wait_for_selector(".endpoint")
     titles = page.locator(".endpoint h2").all_text_contents()
-    assert len(titles) == 6
+    assert len(titles) == 7
     assert any("POST/v1/images/{id}/predict" in t.replace(" ", "") for t in titles)
+    assert any("POST/v1/export/{format}" in t.replace(" ", "") for t in titles)
     text = page.text_content("#endpoints")
     assert "point_coords" in text and "points_per_side" in text  # both request bodies listed

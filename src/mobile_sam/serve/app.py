@@ -9,6 +9,7 @@ Endpoints:
     POST   /v1/images/{id}/everything  automatic mask generation -> COCO RLE records
     GET    /v1/images/{id}/embedding   the embedding as .npy (1, C, h, w float32)
     DELETE /v1/images/{id}
+    POST   /v1/export/{format}         labelled RLE masks -> COCO JSON, YOLO zip or LabelMe
     GET    /health
     GET    /docs, /openapi.json        API reference (rendered offline)
 
@@ -72,7 +73,7 @@ def create_app(
     app.state.engine = Engine(model, backend, precision)
     app.state.cache = EmbeddingCache(cache_items, cache_bytes)
     app.state.limits = limits
-    for router in (routes.images, routes.service, routes.page):
+    for router in (routes.images, routes.exports, routes.service, routes.page):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
     # Uploads are bounded by max_upload_bytes while they are read; other bodies by this.
