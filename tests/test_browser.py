@@ -300,8 +300,7 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     image = test_image()
     path = tmp_path / "scene.png"
     Image.fromarray(image).save(path)
-    other_path = tmp_path / "other.png"
-    Image.fromarray(np.ascontiguousarray(image[::-1])).save(other_path)
+    other_path = tmp_path / "elsewhere" / "scene.png"
     predictor = SamPredictor(tiny_sam)
     predictor.set_image(image)
     upload_file(page, path)
@@ -333,6 +332,7 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     work = saved_work(page, path)
     sun, = work["objects"]
     assert (sun["label"], sun["chosen"], sun["status"]) == ("sun", other, "done")
+    assert not np.array_equal(chosen_mask(sun), coco_to_mask(sun["masks"][best]))
     assert work["selectedId"] is None
 
     # Object 2 after N: its own prompts, label "ground"; the labels used are offered again.
@@ -351,6 +351,15 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     press(page, "Delete")
     wait_for_objects(page, 2)
 
+    # Focusing another object's label selects it and keeps the focus; Esc leaves the field,
+    # a second Esc deselects the object.
+    page.locator("#objects .label").nth(0).click()
+    assert page.evaluate("document.activeElement === document.querySelector('#objects .label')")
+    assert page.get_attribute("#objects .object >> nth=0", "aria-selected") == "true"
+    page.keyboard.press("Escape")
+    press(page, "Escape")
+    assert saved_work(page, path)["selectedId"] is None
+
     sun, ground = saved_work(page, path)["objects"]
     assert sun["color"] != ground["color"]
     sun_mask, ground_mask = chosen_mask(sun), chosen_mask(ground)
@@ -360,7 +369,9 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     assert_drawn_in(snapshot, plain, sun_mask, PALETTE[sun["color"]], ground_mask, ground_mask)
     assert not (np.any(snapshot != plain, axis=-1) & ~sun_mask & ~ground_mask).any()
 
-    # Another image in the same tab, then back: each keeps its own objects.
+    # Another image of the same name in the same tab, then back: each keeps its own objects.
+    other_path.parent.mkdir()
+    Image.fromarray(np.ascontiguousarray(image[::-1])).save(other_path)
     upload_file(page, other_path)
     assert labels_in_list(page) == []
     act(page, lambda: page.mouse.click(*to_screen(page, 200, 200)))
@@ -370,6 +381,18 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     wait_idle(page, before)
     assert labels_in_list(page) == ["sun", "ground"]
     np.testing.assert_array_equal(canvas_pixels(page), snapshot)
+
+    # YOLO of both images: one label file each (the second name made unique), classes.txt.
+    with page.expect_download() as download_info:
+        page.click("#export-yolo")
+    saved = tmp_path / "yolo.zip"
+    download_info.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert sorted(archive.namelist()) == ["classes.txt", "scene.txt", "scene_2.txt"]
+        assert archive.read("classes.txt").decode().split() == ["sun", "ground"]
+        lines = archive.read("scene.txt").decode().splitlines()
+        assert len(archive.read("scene_2.txt").decode().splitlines()) == 1
+    assert [line.split()[0] for line in lines] == ["0", "1"]
 
     # A reload keeps the work: opening the same file again restores it.
     page.reload()
@@ -394,16 +417,7 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
     for ann, mask in zip(anns, [sun_mask, ground_mask]):
         np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
 
-    # YOLO: a zip of classes.txt and one label file; LabelMe: a JSON with both labels.
-    with page.expect_download() as download_info:
-        page.click("#export-yolo")
-    saved = tmp_path / "yolo.zip"
-    download_info.value.save_as(saved)
-    with zipfile.ZipFile(saved) as archive:
-        assert sorted(archive.namelist()) == ["classes.txt", "scene.txt"]
-        assert archive.read("classes.txt").decode().split() == ["sun", "ground"]
-        lines = archive.read("scene.txt").decode().splitlines()
-    assert sorted(line.split()[0] for line in lines) == ["0", "1"]
+    # LabelMe of the one image opened since the reload: its JSON, with both labels.
     with page.expect_download() as download_info:
         page.click("#export-labelme")
     saved = tmp_path / "scene.json"

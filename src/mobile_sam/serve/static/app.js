@@ -426,12 +426,18 @@
     return `Object ${object.id} (${object.label})`;
   }
 
+  // Selecting keeps the list's elements (a label field being focused must stay focused).
   function select(id) {
     const w = work();
     if (!w || w.selectedId === id) return;
     w.selectedId = id;
     clearPreview();
-    changed();
+    for (const item of $("objects").children) {
+      item.setAttribute("aria-selected", String(item.dataset.id === String(id)));
+    }
+    saveWork();
+    updateControls();
+    render();
   }
 
   function chooseMask(index) {
@@ -815,18 +821,24 @@
     }
   }
 
-  // File names unique within the export (two uploads may share a name).
+  // A file name not in `used` (two uploads may share a name): "a.png", "a_2.png", ...
+  function uniqueName(name, used) {
+    const [, base, suffix] = /^(.*?)(\.[^.]*)?$/.exec(name);
+    let unique = name;
+    for (let n = 2; used.has(unique); n++) unique = `${base}_${n}${suffix || ""}`;
+    used.add(unique);
+    return unique;
+  }
+
+  // The export request: every image of the tab with objects, each object's chosen mask.
   function exportImages() {
     const used = new Set();
     const images = [];
     for (const image of state.images.values()) {
       const objects = exportable(image);
       if (!objects.length) continue;
-      let name = image.fileName;
-      for (let n = 2; used.has(name); n++) name = `${stem(image.fileName)}_${n}${image.fileName.slice(stem(image.fileName).length)}`;
-      used.add(name);
       images.push({
-        file_name: name, width: image.width, height: image.height,
+        file_name: uniqueName(image.fileName, used), width: image.width, height: image.height,
         objects: objects.map((o) => ({ label: o.label, mask: maskOf(o), score: o.scores[o.chosen] ?? null })),
       });
     }
