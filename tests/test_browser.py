@@ -394,9 +394,13 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
         assert len(archive.read("scene_2.txt").decode().splitlines()) == 1
     assert [line.split()[0] for line in lines] == ["0", "1"]
 
-    # A reload keeps the work: opening the same file again restores it.
+    # A reload keeps the work: the saved images are listed, opening a file again restores it.
     page.reload()
+    saved_entries = page.locator("#images button.saved").all_text_contents()
+    assert sorted(saved_entries) == ["scene.png (1)", "scene.png (2)"]
+    assert "Saved work for 2 images" in page.text_content("#status")
     upload_file(page, path)
+    assert page.locator("#images button.saved").all_text_contents() == ["scene.png (1)"]
     assert labels_in_list(page) == ["sun", "ground"]
     assert "2 saved objects restored" in page.text_content("#status")
     np.testing.assert_array_equal(canvas_pixels(page), snapshot)
@@ -481,6 +485,7 @@ def test_page_everything_adds_candidates_and_keeps_objects(page, server, tiny_sa
     wait_for_objects(page, 2 + len(records))
     page.click("#discard-all")
     wait_for_objects(page, 2)
+    assert not page.is_visible("#candidate-actions")
     assert [o["status"] for o in saved_work(page, path)["objects"]] == ["done", "done"]
     np.testing.assert_array_equal(changed_pixels(page, plain), sun_mask | accepted_mask)
     press(page, "Control+z")

@@ -42,6 +42,7 @@
     drag: null, // {start: [x, y], screen: [x, y], current: [x, y], moved: bool}
     seq: 0, // bumped by every change: responses to superseded requests are dropped
     busy: 0,
+    saved: [], // work saved by earlier visits: {id, fileName, count}
     pending: new WeakMap(), // object -> token of its latest predict request
     preview: { pending: null, inFlight: false, timer: 0, lastDone: 0, overlay: null, generation: 0 },
   };
@@ -287,12 +288,20 @@
     return { objects: [], selectedId: null, nextId: 1 };
   }
 
-  function savedWorkCount() {
-    let n = 0;
+  // The images with work saved in this browser: {id, fileName, count}, read once at start.
+  function savedWorks() {
+    const prefix = `${STORAGE_PREFIX}work:`;
+    const works = [];
     for (let i = 0; i < localStorage.length; i++) {
-      if ((localStorage.key(i) || "").startsWith(`${STORAGE_PREFIX}work:`)) n++;
+      const key = localStorage.key(i) || "";
+      if (!key.startsWith(prefix)) continue;
+      try {
+        const saved = JSON.parse(localStorage.getItem(key));
+        const count = saved.objects.filter((o) => o.status !== "candidate").length;
+        works.push({ id: key.slice(prefix.length), fileName: String(saved.fileName), count });
+      } catch (_) { /* unreadable: not listed */ }
     }
-    return n;
+    return works;
   }
 
   function recentLabels() {
@@ -757,7 +766,14 @@
       button.addEventListener("click", () => switchTo(image));
       return button;
     });
-    $("images").replaceChildren(...buttons);
+    // Work saved by an earlier visit: the file itself must be opened again.
+    const earlier = state.saved.filter((w) => !state.images.has(w.id)).map((w) => {
+      const button = el("button", { type: "button", className: "saved", textContent: `${w.fileName} (${w.count})`,
+                                    title: "Saved work: open this file again to continue it" });
+      button.addEventListener("click", () => $("file-input").click());
+      return button;
+    });
+    $("images").replaceChildren(...buttons, ...earlier);
   }
 
   function exportable(image) {
@@ -1055,6 +1071,8 @@
 
   renderLabelChoices();
   updateControls();
-  const saved = savedWorkCount();
-  if (saved) setStatus(`Saved work for ${saved} image${saved === 1 ? "" : "s"} in this browser: open the same image to continue.`);
+  state.saved = savedWorks();
+  renderStrip();
+  const saved = state.saved.length;
+  if (saved) setStatus(`Saved work for ${saved} image${saved === 1 ? "" : "s"} in this browser: open the same file again to continue.`);
 })();
