@@ -232,6 +232,9 @@ def test_page_points_undo_cancel_box_and_png(page, server, tiny_sam, tmp_path):
     assert not (changed & ~want & ~near(x, y)).any()
     assert page.locator("#mask-choice button").count() == 3
     assert labels_in_list(page) == ["object"]
+    set_label(page, 0, "  sky ")  # trimmed once committed
+    assert labels_in_list(page) == ["sky"]
+    assert saved_work(page, path)["objects"][0]["label"] == "sky"
 
     # Right-click and Shift+click add negative points to the same object.
     request, _ = act(page, lambda: page.mouse.click(*to_screen(page, 100, 400), button="right"))
@@ -287,7 +290,7 @@ def test_page_points_undo_cancel_box_and_png(page, server, tiny_sam, tmp_path):
         page.click("#download-png")
     saved = tmp_path / "mask.png"
     download_info.value.save_as(saved)
-    assert download_info.value.suggested_filename == "scene_object_mask.png"
+    assert download_info.value.suggested_filename == "scene_sky_mask.png"  # the last label
     with Image.open(saved) as im:
         assert im.size == (WIDTH, HEIGHT) and im.mode == "L"
         np.testing.assert_array_equal(np.asarray(im) > 127, want)

@@ -40,7 +40,9 @@
     current: null, // the shown image record
     overlays: new Map(), // object id -> {key, canvas, x, y}: its mask drawn in its colour
     drag: null, // {start: [x, y], screen: [x, y], current: [x, y], moved: bool}
-    seq: 0, // bumped by every change: responses to superseded requests are dropped
+    seq: 0, // bumped by every change of the work and every image shown: older previews and
+    //         uploads are dropped
+    predictToken: 0, // numbers the predict requests of objects
     busy: 0,
     saved: [], // work saved by earlier visits: {id, fileName, count}
     pending: new WeakMap(), // object -> token of its latest predict request
@@ -76,7 +78,7 @@
     return (await request(path, options)).json();
   }
 
-  function postJson(path, body, headers = {}) {
+  function postJson(body, headers = {}) {
     return {
       method: "POST",
       headers: { "Content-Type": "application/json", ...headers },
@@ -111,7 +113,7 @@
     return [Math.min(Math.max(x, 0), width), Math.min(Math.max(y, 0), height)];
   }
 
-  // The predict request for an object's prompts, plus an extra point if given.
+  // The predict request for a list of prompts.
   function promptBody(prompts, multimask) {
     const points = prompts.filter((p) => p.type === "point");
     const boxes = prompts.filter((p) => p.type === "box");
@@ -224,14 +226,14 @@
     return Math.max(1, Math.round(Math.max(state.current.width, state.current.height) / 600));
   }
 
-  // A mask drawn in a colour: translucent inside, an opaque outline along its border.
-  function maskOverlay(mask, color, alpha) {
+  // A mask drawn in a colour: translucent inside, an opaque outline `line` pixels wide.
+  function maskOverlay(mask, color, alpha, line) {
     const overlay = document.createElement("canvas");
     overlay.width = mask.w;
     overlay.height = mask.h;
     const octx = overlay.getContext("2d");
     const pixels = octx.createImageData(mask.w, mask.h);
-    const edge = maskEdge(mask, outlineWidth());
+    const edge = maskEdge(mask, line);
     const fill = Math.round(alpha * 255);
     for (let i = 0; i < mask.data.length; i++) {
       if (!mask.data[i]) continue;
@@ -254,7 +256,7 @@
     if (cached && cached.key === key) return cached;
     const mask = decodeMask(rle);
     const alpha = object.status === "candidate" ? CANDIDATE_ALPHA : FILL_ALPHA;
-    const built = mask ? { key, ...maskOverlay(mask, PALETTE[object.color], alpha) } : { key, canvas: null };
+    const built = mask ? { key, ...maskOverlay(mask, PALETTE[object.color], alpha, outlineWidth()) } : { key, canvas: null };
     state.overlays.set(object.id, built);
     return built;
   }
@@ -407,13 +409,13 @@
   // only on an object still in the work (undo replaces the objects by earlier copies).
   async function predictObject(object) {
     const image = state.current;
-    const token = (state.predictToken = (state.predictToken || 0) + 1);
+    const token = ++state.predictToken;
     state.pending.set(object, token);
     setBusy(1);
     try {
       const path = `/v1/images/${image.id}/predict`;
       const body = { ...promptBody(object.prompts, object.multimask), mask_format: "rle" };
-      const result = await api(path, postJson(path, body));
+      const result = await api(path, postJson(body));
       if (state.pending.get(object) !== token || !image.work.objects.includes(object)) return;
       const chosen = bestIndex(result.scores);
       Object.assign(object, { masks: result.masks, scores: result.scores, areas: result.areas, chosen });
@@ -466,6 +468,7 @@
     const wasCandidate = object.status === "candidate";
     object.status = "done";
     work().selectedId = null;
+    object.label = labelText(object.label);
     rememberLabel(object.label);
     changed(wasCandidate ? `${describe(object)} accepted.` : `${describe(object)} done; click to start the next object.`);
   }
@@ -507,11 +510,18 @@
     changed();
   }
 
-  function setLabel(id, label) {
+  // While typing the label is kept as typed; once committed (Enter, leaving the field) it is
+  // trimmed, "object" if empty, and offered again in the list of recent labels.
+  function setLabel(id, text, commit = false) {
     const object = findObject(id);
     if (!object) return;
-    object.label = label.trim() || "object";
+    object.label = commit ? labelText(text) : text;
+    if (commit) rememberLabel(object.label);
     saveWork();
+  }
+
+  function labelText(text) {
+    return text.trim() || "object";
   }
 
   function setCandidates(accept) {
@@ -550,7 +560,7 @@
     setStatus("Segmenting everything\u2026");
     try {
       const path = `/v1/images/${image.id}/everything`;
-      const result = await api(path, postJson(path, everythingOptions()));
+      const result = await api(path, postJson(everythingOptions()));
       if (image !== state.current) return;
       remember();
       const w = work();
@@ -623,10 +633,11 @@
     preview.inFlight = true;
     try {
       const path = `/v1/images/${image.id}/predict`;
-      const result = await api(path, postJson(path, body, { "X-Purpose": "preview" }));
+      const result = await api(path, postJson(body, { "X-Purpose": "preview" }));
       if (seq !== state.seq || generation !== preview.generation || image !== state.current) return;
       const mask = decodeMask(result.masks[bestIndex(result.scores)]);
-      preview.overlay = mask ? maskOverlay(mask, PALETTE[color], PREVIEW_ALPHA) : null;
+      // A one-pixel outline: the preview is redrawn as the mouse moves, keep it cheap.
+      preview.overlay = mask ? maskOverlay(mask, PALETTE[color], PREVIEW_ALPHA, 1) : null;
       render();
     } catch (_) {
       // A preview is optional: a failed one just shows nothing.
@@ -713,7 +724,10 @@
     });
     label.setAttribute("list", "recent-labels");
     label.addEventListener("input", () => setLabel(object.id, label.value));
-    label.addEventListener("change", () => rememberLabel(object.label));
+    label.addEventListener("change", () => {
+      setLabel(object.id, label.value, true);
+      label.value = object.label;
+    });
     label.addEventListener("focus", () => select(object.id));
     const visible = el("input", { type: "checkbox", className: "visible", checked: object.visible,
                                   title: "Visible", ariaLabel: `Show object ${object.id}` });
@@ -745,7 +759,16 @@
     const objects = w ? w.objects : [];
     // Drawn objects first, candidates after them.
     const ordered = [...objects.filter((o) => o.status !== "candidate"), ...objects.filter((o) => o.status === "candidate")];
+    // A label being typed keeps its focus and caret when a response rebuilds the list.
+    const typing = document.activeElement;
+    const typingId = typing && typing.classList.contains("label") ? typing.closest(".object").dataset.id : null;
+    const caret = typingId ? [typing.selectionStart, typing.selectionEnd] : null;
     $("objects").replaceChildren(...ordered.map((o) => objectItem(o, w.selectedId === o.id)));
+    const again = typingId && $("objects").querySelector(`.object[data-id="${typingId}"] .label`);
+    if (again) {
+      again.focus();
+      again.setSelectionRange(...caret);
+    }
     $("no-objects").hidden = objects.length > 0;
     const candidates = objects.length - objects.filter((o) => o.status !== "candidate").length;
     $("candidate-actions").hidden = candidates === 0;
@@ -827,7 +850,7 @@
     try {
       const path = `/v1/images/${image.id}/predict`;
       const body = { ...promptBody(object.prompts, object.multimask), mask_format: "png" };
-      const result = await api(path, postJson(path, body));
+      const result = await api(path, postJson(body));
       const bytes = base64ToBytes(result.masks[object.chosen]);
       download(new Blob([bytes], { type: "image/png" }), `${stem(image.fileName)}_${object.label}_mask.png`);
     } catch (error) {
@@ -855,7 +878,7 @@
       if (!objects.length) continue;
       images.push({
         file_name: uniqueName(image.fileName, used), width: image.width, height: image.height,
-        objects: objects.map((o) => ({ label: o.label, mask: maskOf(o), score: o.scores[o.chosen] ?? null })),
+        objects: objects.map((o) => ({ label: labelText(o.label), mask: maskOf(o), score: o.scores[o.chosen] ?? null })),
       });
     }
     return images;
@@ -867,7 +890,7 @@
     setBusy(1);
     try {
       const path = `/v1/export/${format}`;
-      const response = await request(path, postJson(path, { images }));
+      const response = await request(path, postJson({ images }));
       const disposition = response.headers.get("Content-Disposition") || "";
       const match = /filename="([^"]+)"/.exec(disposition);
       download(await response.blob(), match ? match[1] : `annotations_${format}`);
