@@ -436,7 +436,7 @@ def test_page_labelled_objects_preview_reload_switch_and_exports(page, server, t
 
 def test_page_everything_adds_candidates_and_keeps_objects(page, server, tiny_sam, tmp_path):
     image = test_image()
-    path = tmp_path / "scene.png"
+    path = tmp_path / "Straße.png"
     Image.fromarray(image).save(path)
     upload_file(page, path)
     plain = canvas_pixels(page)
@@ -493,6 +493,16 @@ def test_page_everything_adds_candidates_and_keeps_objects(page, server, tiny_sa
     np.testing.assert_array_equal(changed_pixels(page, plain), sun_mask | accepted_mask)
     press(page, "Control+z")
     wait_for_objects(page, 2 + len(records))
+
+    # Candidates are not exported; a file name beyond ASCII comes back whole.
+    with page.expect_download() as download_info:
+        page.click("#export-labelme")
+    assert download_info.value.suggested_filename == "Straße.json"
+    saved = tmp_path / "labelme.json"
+    download_info.value.save_as(saved)
+    labelme = json.loads(saved.read_text(encoding="utf-8"))
+    assert labelme["imagePath"] == "Straße.png"
+    assert {s["label"] for s in labelme["shapes"]} == {"sun"}
 
 
 def test_page_shows_server_errors_and_docs_render(page, server, tmp_path):

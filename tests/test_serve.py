@@ -646,6 +646,12 @@ def test_export_labelme_json_or_zip(client):
     assert {s["shape_type"] for s in shapes} == {"polygon"}
     assert [s["label"] for s in shapes].count("ring") >= 1
     assert [s["label"] for s in shapes].count("squares") == 3  # three parts
+    # Any file name makes a valid header: plain ASCII, and the exact name per RFC 6266.
+    response = client.post("/v1/export/labelme", json=export_body(file_name='Fotoğraf "1".png'))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"Foto_raf__1_.json\"; "
+        "filename*=UTF-8''Foto%C4%9Fraf%20%221%22.json")
     body["images"].append({**body["images"][0], "file_name": "b.png"})
     response = client.post("/v1/export/labelme", json=body)
     assert response.headers["content-type"] == "application/zip"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Request
@@ -236,4 +238,13 @@ def export_dataset(format: Annotated[str, PathParam(description=", ".join(EXPORT
     name, media_type, content = dataset_download(images, format, tolerance=body.tolerance,
                                                  segmentation=body.segmentation)
     return Response(content=content, media_type=media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                    headers={"Content-Disposition": _attachment(name)})
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for a file name of any characters: a plain ASCII ``filename``,
+    plus the exact name percent-encoded (RFC 6266 ``filename*``) when they differ."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

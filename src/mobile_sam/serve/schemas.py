@@ -122,7 +122,8 @@ EXPORT_FORMATS = ["coco", "yolo", "labelme"]
 """The dataset formats of `mobile_sam.formats` (its FORMATS), as the export route takes them."""
 MAX_EXPORT_IMAGES = 1000
 MAX_EXPORT_OBJECTS = 10_000
-"""Objects in one export request, over all its images."""
+"""Objects of one image in an export request (all of them are also bounded by the decoded
+pixels, `mobile_sam.serve.export.MAX_EXPORT_MASK_PIXELS`, and the JSON body size)."""
 # No control characters: labels become lines of YOLO's classes.txt, names become file names.
 _ONE_LINE = r"^[^\x00-\x1f\x7f]+$"
 

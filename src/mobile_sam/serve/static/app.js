@@ -884,6 +884,15 @@
     return images;
   }
 
+  // The file name of a Content-Disposition: the exact one (filename*) if given.
+  function attachmentName(response) {
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const exact = /filename\*=UTF-8''([^;]+)/.exec(disposition);
+    if (exact) return decodeURIComponent(exact[1]);
+    const plain = /filename="([^"]+)"/.exec(disposition);
+    return plain ? plain[1] : null;
+  }
+
   async function exportDataset(format) {
     const images = exportImages();
     if (!images.length) return;
@@ -891,9 +900,7 @@
     try {
       const path = `/v1/export/${format}`;
       const response = await request(path, postJson({ images }));
-      const disposition = response.headers.get("Content-Disposition") || "";
-      const match = /filename="([^"]+)"/.exec(disposition);
-      download(await response.blob(), match ? match[1] : `annotations_${format}`);
+      download(await response.blob(), attachmentName(response) || `${format}_dataset`);
       const count = images.reduce((n, i) => n + i.objects.length, 0);
       setStatus(`Exported ${count} objects of ${images.length} image${images.length === 1 ? "" : "s"} (${format}).`);
     } catch (error) {
