@@ -26,6 +26,7 @@ from . import routes
 from .cache import EmbeddingCache
 from .engine import Engine
 from .errors import EXCEPTION_HANDLERS
+from .export import router as export_router
 from .limits import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CACHE_ITEMS,
@@ -73,8 +74,9 @@ def create_app(
     app.state.engine = Engine(model, backend, precision)
     app.state.cache = EmbeddingCache(cache_items, cache_bytes)
     app.state.limits = limits
-    for router in (routes.images, routes.exports, routes.service, routes.page):
+    for router in (routes.images, routes.service, routes.page):
         app.include_router(router)
+    app.include_router(export_router)
     app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
     # Uploads are bounded by max_upload_bytes while they are read; other bodies by this.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES,

@@ -1,25 +1,32 @@
-"""Datasets for download: an export request's RLE masks decoded into
-:class:`mobile_sam.formats.AnnotatedImage` s and written by :func:`mobile_sam.formats.write_dataset`
-(the function the CLI uses), then sent back as one file: a JSON, or a zip of several."""
+"""``POST /v1/export/{format}``: datasets for download. The request's RLE masks are decoded
+into :class:`mobile_sam.formats.AnnotatedImage` s, written by
+:func:`mobile_sam.formats.write_dataset` (the function the CLI uses), and sent back as one
+file: a JSON, or a zip of several."""
 from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 import numpy as np
+from fastapi import APIRouter
+from fastapi import Path as PathParam
+from fastapi.responses import Response
 
 from ..masks import coco_to_rle, rle_to_mask
-from .errors import ApiError
-from .schemas import CocoRle, ExportRequest
+from .errors import ApiError, error_responses
+from .routes import LimitsDep
+from .schemas import EXPORT_FORMATS, CocoRle, ExportRequest
 
 if TYPE_CHECKING:
     from ..formats import AnnotatedImage
 
-__all__ = ["MAX_EXPORT_MASK_PIXELS", "annotated_images", "dataset_download"]
+__all__ = ["MAX_EXPORT_MASK_PIXELS", "annotated_images", "dataset_download", "router"]
 
 MAX_EXPORT_MASK_PIXELS = 2**28
 """Decoded mask pixels in one export request (the sum of the objects' image sizes): the masks
@@ -93,3 +100,40 @@ def dataset_download(images: list[AnnotatedImage], fmt: str, *, segmentation: st
             for name in names:
                 archive.write(root / name, name)
     return f"{fmt}_dataset.zip", "application/zip", buffer.getvalue()
+
+
+# ------------------------------------------------------------------ the route
+
+router = APIRouter(prefix="/v1/export", tags=["export"])
+
+
+@router.post("/{format}", summary="A dataset (COCO, YOLO-seg or LabelMe) of labelled masks",
+             response_class=Response,
+             responses={200: {"content": {"application/json": {}, "application/zip": {}},
+                              "description": "coco: the dataset JSON; labelme: the JSON of "
+                                             "one image, or a zip of one per image; yolo: a "
+                                             "zip of one .txt per image and classes.txt"},
+                        **error_responses(e400="Invalid JSON",
+                                          e413="Too many pixels (per image or in all)",
+                                          e422="A field is invalid (a mask not matching its "
+                                               "image, two images of one name, ...)")})
+def export_dataset(format: Annotated[str, PathParam(description=", ".join(EXPORT_FORMATS),
+                                                   json_schema_extra={"enum": EXPORT_FORMATS})],
+                   body: ExportRequest, limits: LimitsDep) -> Response:
+    if format not in EXPORT_FORMATS:
+        raise ApiError(422, "format", f"format: unknown dataset format {format[:40]!r}; choose "
+                                      f"one of {', '.join(EXPORT_FORMATS)}")
+    images = annotated_images(body, limits["max_pixels"])
+    name, media_type, content = dataset_download(images, format, tolerance=body.tolerance,
+                                                 segmentation=body.segmentation)
+    return Response(content=content, media_type=media_type,
+                    headers={"Content-Disposition": _attachment(name)})
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for a file name of any characters: a plain ASCII ``filename``,
+    plus the exact name percent-encoded (RFC 6266 ``filename*``) when they differ."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from PIL import Image
@@ -24,12 +21,9 @@ from ..prompts import PromptError, check_inside_image
 from .cache import CachedImage, EmbeddingCache
 from .engine import Engine, image_id, mask_boxes, masks_as_rle
 from .errors import ApiError, error_responses
-from .export import annotated_images, dataset_download
 from .schemas import (
-    EXPORT_FORMATS,
     EverythingRequest,
     EverythingResponse,
-    ExportRequest,
     Health,
     ImageInfo,
     PredictRequest,
@@ -37,7 +31,7 @@ from .schemas import (
 )
 from .upload import decode_and_embed, read_upload
 
-__all__ = ["STATIC_DIR", "exports", "images", "page", "service"]
+__all__ = ["STATIC_DIR", "images", "page", "service"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -211,40 +205,3 @@ def index() -> FileResponse:
 @page.get("/docs")
 def docs() -> FileResponse:
     return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
-
-
-# ------------------------------------------------------------------ /v1/export
-
-exports = APIRouter(prefix="/v1/export", tags=["export"])
-
-
-@exports.post("/{format}", summary="A dataset (COCO, YOLO-seg or LabelMe) of labelled masks",
-              response_class=Response,
-              responses={200: {"content": {"application/json": {}, "application/zip": {}},
-                               "description": "coco: the dataset JSON; labelme: the JSON of "
-                                              "one image, or a zip of one per image; yolo: a "
-                                              "zip of one .txt per image and classes.txt"},
-                         **error_responses(e400="Invalid JSON",
-                                           e413="Too many pixels (per image or in all)",
-                                           e422="A field is invalid (a mask not matching its "
-                                                "image, two images of one name, ...)")})
-def export_dataset(format: Annotated[str, PathParam(description=", ".join(EXPORT_FORMATS),
-                                                   json_schema_extra={"enum": EXPORT_FORMATS})],
-                   body: ExportRequest, limits: LimitsDep) -> Response:
-    if format not in EXPORT_FORMATS:
-        raise ApiError(422, "format", f"format: unknown dataset format {format[:40]!r}; choose "
-                                      f"one of {', '.join(EXPORT_FORMATS)}")
-    images = annotated_images(body, limits["max_pixels"])
-    name, media_type, content = dataset_download(images, format, tolerance=body.tolerance,
-                                                 segmentation=body.segmentation)
-    return Response(content=content, media_type=media_type,
-                    headers={"Content-Disposition": _attachment(name)})
-
-
-def _attachment(name: str) -> str:
-    """A Content-Disposition for a file name of any characters: a plain ASCII ``filename``,
-    plus the exact name percent-encoded (RFC 6266 ``filename*``) when they differ."""
-    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    if plain == name:
-        return f'attachment; filename="{name}"'
-    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
