@@ -21,6 +21,7 @@ from mobile_sam.formats import (
     join_parts,
     labelme_json,
     mask_to_polygons,
+    merge_coco_datasets,
     write_dataset,
     yolo_lines,
 )
@@ -109,6 +110,10 @@ def test_polygons_of_tiny_parts_and_empty_masks():
     line[1, 1:5] = True
     (poly,) = mask_to_polygons(line, tolerance=3)
     assert len(poly) >= 3 and fill([poly], (6, 6))[1, 1:5].all()
+    # Column-major masks (as decoded from RLE) with a one-pixel part.
+    both = np.zeros((6, 6), bool, order="F")
+    both[1, 1:5] = both[4, 4] = True
+    assert both.flags.f_contiguous and len(mask_to_polygons(both)) == 2
 
 
 def test_join_parts_makes_one_polygon_that_fills_both_parts(masks):
@@ -326,3 +331,20 @@ def test_formats_do_not_import_torch():
     code = BLOCK_TORCH + "import mobile_sam.formats\nassert 'torch' not in sys.modules\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_merged_coco_parts_equal_one_dataset(images):
+    whole = coco_dataset(images, categories=["cat", "dog"])
+    parts = [coco_dataset([im], categories=["cat", "dog"]) for im in images]
+    assert merge_coco_datasets(parts) == whole
+    with pytest.raises(ValueError, match="same categories"):
+        merge_coco_datasets([parts[0], coco_dataset([images[1]])])
+
+
+def test_categories_fix_the_class_order(images, tmp_path):
+    write_dataset(images[1:], "yolo", tmp_path, categories=["cat", "dog"])
+    assert (tmp_path / "classes.txt").read_text() == "cat\ndog\n"
+    assert (tmp_path / "b.txt").read_text().startswith("1 ")
+    write_dataset([AnnotatedImage("e.png", 4, 4)], "yolo", tmp_path / "e", categories=["x"])
+    assert (tmp_path / "e" / "classes.txt").read_text() == "x\n"
+    assert (tmp_path / "e" / "e.txt").read_text() == ""

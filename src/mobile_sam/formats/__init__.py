@@ -6,7 +6,7 @@ numpy and OpenCV only: no torch.
 """
 from __future__ import annotations
 
-from .coco import coco_dataset
+from .coco import coco_dataset, coco_mask_fields, merge_coco_datasets
 from .dataset import FORMATS, SEGMENTATIONS, AnnotatedImage, Annotation, write_dataset
 from .labelme import labelme_json
 from .polygons import join_parts, mask_to_polygons
@@ -18,9 +18,11 @@ __all__ = [
     "AnnotatedImage",
     "Annotation",
     "coco_dataset",
+    "coco_mask_fields",
     "join_parts",
     "labelme_json",
     "mask_to_polygons",
+    "merge_coco_datasets",
     "write_dataset",
     "yolo_lines",
 ]

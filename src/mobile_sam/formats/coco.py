@@ -10,7 +10,7 @@ from ..masks import area_from_rle, mask_to_rle, masks_to_boxes, rle_to_coco
 from .dataset import AnnotatedImage, check_segmentation, image_masks, label_names
 from .polygons import mask_to_polygons
 
-__all__ = ["coco_dataset", "mask_bbox_xywh"]
+__all__ = ["coco_dataset", "coco_mask_fields", "mask_bbox_xywh", "merge_coco_datasets"]
 
 
 def mask_bbox_xywh(mask: np.ndarray) -> list[float]:
@@ -20,6 +20,21 @@ def mask_bbox_xywh(mask: np.ndarray) -> list[float]:
     if not mask.any():
         return [0.0, 0.0, 0.0, 0.0]
     return [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)]
+
+
+def coco_mask_fields(mask: np.ndarray, *, segmentation: str = "rle", tolerance: float = 1.0
+                     ) -> dict[str, Any]:
+    """The fields of a COCO annotation that describe an ``(H, W)`` bool mask:
+    ``segmentation`` (as in :func:`coco_dataset`), ``area`` (pixel count) and ``bbox``
+    (:func:`mask_bbox_xywh`)."""
+    check_segmentation(segmentation)
+    rle = mask_to_rle(mask[None])[0]
+    segm: Any
+    if segmentation == "rle":
+        segm = rle_to_coco(rle)
+    else:
+        segm = [p.ravel().tolist() for p in mask_to_polygons(mask, tolerance, pixel_edges=True)]
+    return {"segmentation": segm, "area": area_from_rle(rle), "bbox": mask_bbox_xywh(mask)}
 
 
 def coco_dataset(images: Sequence[AnnotatedImage], *, segmentation: str = "rle",
@@ -58,20 +73,11 @@ def coco_dataset(images: Sequence[AnnotatedImage], *, segmentation: str = "rle",
                                  f"{ann.label!r} is not among the categories {names}")
             if not mask.any():
                 continue
-            rle = mask_to_rle(mask[None])[0]
-            segm: Any
-            if segmentation == "rle":
-                segm = rle_to_coco(rle)
-            else:
-                segm = [p.ravel().tolist()
-                        for p in mask_to_polygons(mask, tolerance, pixel_edges=True)]
             record: dict[str, Any] = {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": category_id[ann.label],
-                "segmentation": segm,
-                "area": area_from_rle(rle),
-                "bbox": mask_bbox_xywh(mask),
+                **coco_mask_fields(mask, segmentation=segmentation, tolerance=tolerance),
                 "iscrowd": 0,
             }
             if ann.score is not None:
@@ -83,3 +89,28 @@ def coco_dataset(images: Sequence[AnnotatedImage], *, segmentation: str = "rle",
         "annotations": annotations,
         "categories": [{"id": category_id[n], "name": n, "supercategory": ""} for n in names],
     }
+
+
+def merge_coco_datasets(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One COCO dataset holding the images and annotations of ``parts`` (datasets from
+    :func:`coco_dataset` with the same categories), ids renumbered from 1 in order.
+
+    This lets a long run keep each image's small COCO part instead of its masks.
+    """
+    if not parts:
+        raise ValueError("merge_coco_datasets needs at least one dataset")
+    categories = parts[0]["categories"]
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for k, part in enumerate(parts):
+        if part["categories"] != categories:
+            raise ValueError(f"dataset {k} has categories {part['categories']}, dataset 0 has "
+                             f"{categories}: merge only datasets made with the same categories")
+        new_id = {}
+        for image in part["images"]:
+            new_id[image["id"]] = len(images) + 1
+            images.append({**image, "id": len(images) + 1})
+        for ann in part["annotations"]:
+            annotations.append({**ann, "id": len(annotations) + 1,
+                                "image_id": new_id[ann["image_id"]]})
+    return {**parts[0], "images": images, "annotations": annotations}

@@ -113,7 +113,8 @@ def _per_image_path(file_name: str, suffix: str) -> PurePosixPath:
 
 def write_dataset(images: Sequence[AnnotatedImage], fmt: str, out_dir: str | os.PathLike[str],
                   *, tolerance: float = 1.0, segmentation: str = "rle",
-                  image_root: str | os.PathLike[str] | None = None) -> list[Path]:
+                  image_root: str | os.PathLike[str] | None = None,
+                  categories: Sequence[str] | None = None) -> list[Path]:
     """Write ``images`` as a ``fmt`` dataset into ``out_dir`` (created if needed); returns the
     files written.
 
@@ -127,7 +128,9 @@ def write_dataset(images: Sequence[AnnotatedImage], fmt: str, out_dir: str | os.
       ``imagePath`` is the image's path relative to that JSON file, so LabelMe opens it;
       otherwise it is the ``file_name``.
 
-    Labels are ordered by first appearance. Polygons are simplified at ``tolerance`` pixels.
+    ``categories``: the label order (COCO category ids from 1, YOLO class indices from 0);
+    default: the labels in order of first appearance. Polygons are simplified at
+    ``tolerance`` pixels.
     Everything is checked and formatted before the first file is written, and each file is
     written atomically, so bad input leaves no output.
     """
@@ -154,10 +157,11 @@ def write_dataset(images: Sequence[AnnotatedImage], fmt: str, out_dir: str | os.
 
     if fmt == "coco":
         add(PurePosixPath(COCO_FILE_NAME),
-            as_json(coco_dataset(images, segmentation=segmentation, tolerance=tolerance)),
+            as_json(coco_dataset(images, segmentation=segmentation, tolerance=tolerance,
+                                 categories=categories)),
             "(dataset)")
     elif fmt == "yolo":
-        classes = label_names(images)
+        classes = list(categories) if categories is not None else label_names(images)
         add(PurePosixPath(YOLO_CLASSES_FILE_NAME),
             "".join(f"{c}\n" for c in classes).encode("utf-8"), "(class list)")
         for image in images:

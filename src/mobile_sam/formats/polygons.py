@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 
 __all__ = ["join_parts", "mask_to_polygons"]
+
+
+def _cv2() -> Any:
+    """OpenCV, imported on first use: it takes a noticeable part of a second to load."""
+    import cv2
+
+    return cv2
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
@@ -50,6 +57,7 @@ def _edge_outline(component: np.ndarray) -> list[np.ndarray]:
     Traced at twice the resolution, each traced point lies in the half of its pixel that
     touches the boundary, so rounding it to that side's pixel corner puts it on the edge.
     """
+    cv2 = _cv2()
     doubled = np.repeat(np.repeat(component, 2, axis=0), 2, axis=1)
     contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     outlines = []
@@ -62,6 +70,7 @@ def _edge_outline(component: np.ndarray) -> list[np.ndarray]:
 
 def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
     """Douglas-Peucker on a closed int outline; the outline itself if that leaves < 3 points."""
+    cv2 = _cv2()
     simple = cv2.approxPolyDP(points.reshape(-1, 1, 2).astype(np.int32), tolerance, True)
     simple = simple.reshape(-1, 2)
     return simple if len(simple) >= 3 else points
@@ -80,6 +89,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, *,
     ``pixel_edges=True`` every outline runs along the pixel edges (coordinates ``n - 0.5``),
     so its area equals the pixel count, as COCO's pycocotools rasterises polygons.
     """
+    cv2 = _cv2()
     m = _as_mask(mask)
     tol = _check_tolerance(tolerance)
     rows = np.flatnonzero(m.any(axis=1))
@@ -88,7 +98,8 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, *,
     cols = np.flatnonzero(m.any(axis=0))
     # Trace only the mask's bounding box, with a one-pixel empty border.
     y0, x0 = int(rows[0]), int(cols[0])
-    crop = np.pad(m[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8), 1)
+    # C order: OpenCV draws into it, and masks decoded from RLE are often column-major.
+    crop = np.ascontiguousarray(np.pad(m[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8), 1))
     offset = np.array([x0 - 1, y0 - 1], dtype=np.float64)
     polygons: list[np.ndarray] = []
     if pixel_edges:
