@@ -576,7 +576,7 @@ def library_images(body: dict) -> list:
     from mobile_sam.formats import AnnotatedImage, Annotation
 
     return [AnnotatedImage(im["file_name"], im["height"], im["width"],
-                           [Annotation(np.ascontiguousarray(coco_to_mask(o["mask"])), o["label"], o.get("score"))
+                           [Annotation(coco_to_mask(o["mask"]), o["label"], o.get("score"))
                             for o in im["objects"]])
             for im in body["images"]]
 
