@@ -21,7 +21,6 @@ from mobile_sam import SAM
 from mobile_sam.integrations.label_studio import (
     MobileSamBackend,
     encode_brush_rle,
-    mask_outline,
     parse_label_config,
 )
 
@@ -129,21 +128,6 @@ def test_brush_rle_refuses_non_2d():
         encode_brush_rle(np.zeros((2, 3, 4), bool))
 
 
-def test_outline_covers_exactly_the_largest_region():
-    mask = np.zeros((30, 40), bool)
-    mask[5:20, 8:30] = True
-    mask[10:14, 12:16] = False  # a hole: ignored by the outline
-    mask[20:25, 8:11] = True  # an L-shaped arm
-    mask[27:29, 35:38] = True  # a smaller region: dropped
-    outline = np.array(mask_outline(mask), float)
-    x, y = outline[:, 0], outline[:, 1]
-    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-    filled = ndimage.binary_fill_holes(mask[:26])
-    assert area == filled.sum()
-    assert len(outline) == 6  # corners only
-    assert mask_outline(np.zeros((3, 3), bool)) == []
-
-
 def test_parse_label_config():
     assert parse_label_config(BRUSH_CONFIG) == {"from_name": "tag", "to_name": "image",
                                                 "value": "image", "output": "brush"}
@@ -171,14 +155,27 @@ def test_predict_recorded_keypoints_gives_the_brush_mask(sam, picture):
     json.dumps(predictions)  # the server sends it as JSON
 
 
+def polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
 def test_predict_rectangle_gives_a_polygon(sam, picture):
-    predictions = backend(POLYGON_CONFIG, sam, picture).predict(REQUEST["tasks"],
-                                                                context=BOX_CONTEXT)
-    (result,) = predictions[0]["result"]
+    b = backend(POLYGON_CONFIG, sam, picture)
+    b.polygon_tolerance = 0  # every corner: the polygon covers exactly the part's pixels
+    (result,) = b.predict(REQUEST["tasks"], context=BOX_CONTEXT)[0]["result"]
     assert result["type"] == "polygonlabels" and result["value"]["polygonlabels"] == ["Dog"]
-    want = sam.predict(picture, bboxes=[10, 12, 90, 70])[0].masks[0]
     points = np.array(result["value"]["points"]) * [150 / 100, 97 / 100]
-    np.testing.assert_allclose(points, mask_outline(want), atol=1e-9)
+    want = sam.predict(picture, bboxes=[10, 12, 90, 70])[0].masks[0]
+    parts, count = ndimage.label(want, structure=np.ones((3, 3)))  # 8-connected parts
+    largest = ndimage.binary_fill_holes(parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]))
+    assert count >= 1 and polygon_area(points) == pytest.approx(largest.sum())
+    # Label Studio's frame: pixel x covers [x, x + 1], so the corners are whole numbers
+    np.testing.assert_allclose(points, np.round(points), atol=1e-9)
+    rows, cols = np.nonzero(largest)
+    np.testing.assert_allclose([points[:, 0].min(), points[:, 0].max(), points[:, 1].min(),
+                                points[:, 1].max()],
+                               [cols.min(), cols.max() + 1, rows.min(), rows.max() + 1])
 
 
 def test_predict_without_prompts_or_config(sam, picture):

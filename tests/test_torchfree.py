@@ -240,6 +240,10 @@ def test_export_folder_options_are_checked(bundle, image_file, tmp_path, capsys)
         assert len(err) == 1 and needle in err[0] and str(bundle) in err[0], err
     with pytest.raises(ValueError, match="runs in onnxruntime"):
         SAM(bundle, backend="torch")
+    sam = SAM(bundle)
+    assert sam.to("cpu") is sam
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        sam.to("cuda:0")
 
 
 def test_openvino_runs_the_export_folder_like_onnxruntime(bundle, image):

@@ -4,8 +4,9 @@ Label Studio sends the task and, in interactive mode, ``context["result"]``: the
 (``keypointlabels``, ``is_positive`` false for a negative click) and rectangle
 (``rectanglelabels``) regions the annotator just drew, in percent of the image. `predict`
 returns one prediction per task holding one ``brushlabels`` result (the mask in Label
-Studio's brush RLE, `encode_brush_rle`) or ``polygonlabels`` result (the outline of the
-mask's largest region), labelled like the prompt.
+Studio's brush RLE, `encode_brush_rle`) or ``polygonlabels`` result (the pixel-edge outline
+of the mask's largest part, `mobile_sam.formats.mask_to_polygons`), labelled like the
+prompt.
 
 The class follows ``label_studio_ml.model.LabelStudioMLBase`` (``predict(tasks, context=None,
 **kwargs)``) and subclasses it when the ``label-studio-ml`` package is installed, so its
@@ -31,7 +32,7 @@ try:  # optional: the package only supplies the base class and its server
 except Exception:  # noqa: BLE001 - not installed, or its own imports (redis, rq) missing
     _Base = object
 
-__all__ = ["MobileSamBackend", "encode_brush_rle", "mask_outline", "parse_label_config"]
+__all__ = ["MobileSamBackend", "encode_brush_rle", "parse_label_config"]
 
 # Label Studio's brush RLE: thi.ng's rle-pack bit stream of the RGBA pixels, 8-bit words and
 # run-length fields of 3, 4, 8 or 16 bits.
@@ -67,44 +68,6 @@ def encode_brush_rle(mask: np.ndarray) -> list[int]:
     return np.packbits(np.frombuffer(stream.encode(), np.uint8) - ord("0")).tolist()
 
 
-def mask_outline(mask: np.ndarray) -> list[tuple[int, int]]:
-    """The outer boundary of the mask's largest 4-connected region, holes ignored, as
-    pixel-corner XY vertices (clockwise on screen, corners only): its polygon covers exactly
-    the region's pixels. An empty mask gives []."""
-    from scipy import ndimage
-
-    regions, count = ndimage.label(np.asarray(mask, dtype=bool))
-    if count == 0:
-        return []
-    sizes = np.bincount(regions.ravel())[1:]
-    region = np.pad(regions == 1 + int(np.argmax(sizes)), 1)
-    # Directed pixel edges with the region on their right: (start, end, pixel).
-    edges: dict[tuple[int, int], list[tuple[tuple[int, int], int]]] = {}
-    for (dr, dc), (a, b) in {(-1, 0): ((0, 0), (1, 0)), (0, 1): ((1, 0), (1, 1)),
-                             (1, 0): ((1, 1), (0, 1)), (0, -1): ((0, 1), (0, 0))}.items():
-        outside = ~np.roll(region, (-dr, -dc), axis=(0, 1))
-        for r, c in zip(*np.nonzero(region & outside)):
-            x, y = int(c) - 1, int(r) - 1  # undo the padding
-            edges.setdefault((x + a[0], y + a[1]), []).append(
-                ((x + b[0], y + b[1]), int(r) * region.shape[1] + int(c)))
-    start = min(edges, key=lambda v: (v[1], v[0]))  # the top-left corner: an outer edge
-    vertex, pixel, path = start, -1, []
-    while True:
-        options = edges[vertex]
-        # At a corner two pixels of the region touch diagonally: stay on the same pixel.
-        end, pixel = next((o for o in options if o[1] == pixel), options[0])
-        path.append(vertex)
-        vertex = end
-        if vertex == start:
-            break
-    corners = []
-    for i, point in enumerate(path):  # keep only where the direction changes
-        before, after = path[i - 1], path[(i + 1) % len(path)]
-        if (point[0] - before[0]) * (after[1] - point[1]) != (point[1] - before[1]) * (after[0] - point[0]):
-            corners.append(point)
-    return corners
-
-
 def parse_label_config(label_config: str) -> dict[str, str]:
     """The names `predict` needs from a Label Studio labeling config (XML): the first
     BrushLabels or PolygonLabels control (``from_name``, ``output`` "brush" or "polygon"),
@@ -130,10 +93,13 @@ class MobileSamBackend(_Base):  # type: ignore[misc, valid-type]
     instance. label_config: the project's labeling config (Label Studio passes it).
     image_loader: task image URL -> local path, array or bytes (default: the base class's
     ``get_local_path``, which fetches Label Studio uploads, else the URL as a path).
+    polygon_tolerance: Douglas-Peucker tolerance in pixels of polygon results (0: every
+    corner).
     """
 
     def __init__(self, label_config: str | None = None, *, model: Any = None,
-                 image_loader: Callable[[str], Any] | None = None, **kwargs: Any) -> None:
+                 image_loader: Callable[[str], Any] | None = None,
+                 polygon_tolerance: float = 1.0, **kwargs: Any) -> None:
         if _Base is not object:
             super().__init__(label_config=label_config, **kwargs)
         self.label_config = label_config
@@ -142,6 +108,7 @@ class MobileSamBackend(_Base):  # type: ignore[misc, valid-type]
             "MOBILE_SAM_MODEL", "vit_t")
         self._sam: Any = None
         self._image_loader = image_loader
+        self.polygon_tolerance = polygon_tolerance
         self.model_version = f"mobile_sam-{__version__}"
 
     @property
@@ -207,8 +174,14 @@ class MobileSamBackend(_Base):  # type: ignore[misc, valid-type]
         if self.names["output"] == "brush":
             value = {"format": "rle", "rle": encode_brush_rle(mask)}
         else:
-            value = {"points": [[x * 100 / width, y * 100 / height]
-                                for x, y in mask_outline(mask)], "closed": True}
+            from ..formats import mask_to_polygons
+
+            # Pixel-edge outline (pixel centres at integers, edges at n - 0.5): + 0.5 puts
+            # it in Label Studio's frame, where pixel x covers [x, x + 1].
+            parts = mask_to_polygons(mask, self.polygon_tolerance, pixel_edges=True)
+            outline = parts[0] + 0.5 if parts else np.zeros((0, 2))
+            value = {"points": (outline * [100 / width, 100 / height]).tolist(),
+                     "closed": True}
         value[labels_key] = [label] if label else []
         return {
             "result": [{
