@@ -122,6 +122,26 @@ def test_priority_lock_serves_interactive_waiters_first():
     assert order == ["interactive", "background"]  # ... yet goes second
 
 
+def test_background_caller_waits_while_an_interactive_one_waits():
+    lock = PriorityLock()
+    acquired = threading.Event()
+
+    def background():
+        with lock.background():
+            acquired.set()
+
+    with lock._condition:
+        lock._interactive_waiting = 1  # as while a click waits for the lock
+    thread = threading.Thread(target=background)
+    thread.start()
+    assert not acquired.wait(0.2)  # the lock is free, but a click is waiting
+    with lock._condition:
+        lock._interactive_waiting = 0
+        lock._condition.notify_all()
+    assert acquired.wait(5)
+    thread.join(5)
+
+
 def test_job_pool_is_bounded_and_cancels_waiting_jobs():
     pool = JobPool(workers=1, queue=1)
     gate = threading.Event()

@@ -51,8 +51,23 @@
     document.body.dataset.busy = state.busy > 0 ? "1" : "0";
   }
 
+  // A server started with --token wants "Authorization: Bearer <token>" on /v1: the page
+  // asks for it on the first 401 and keeps it for this tab only.
+  function withToken(options) {
+    const token = sessionStorage.getItem("mobile-sam-token");
+    if (!token) return options;
+    return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${token}` } };
+  }
+
   async function api(path, options = {}) {
-    const response = await fetch(path, options);
+    let response = await fetch(path, withToken(options));
+    if (response.status === 401) {
+      const token = window.prompt("This server needs an access token:");
+      if (token) {
+        sessionStorage.setItem("mobile-sam-token", token.trim());
+        response = await fetch(path, withToken(options));
+      }
+    }
     if (!response.ok) {
       let message = `${response.status} ${response.statusText}`;
       try {
