@@ -129,7 +129,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import load_image
+    from ..io import load_image, remove_stale_temporaries
 
     generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
     try:  # options that are valid alone but not together
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     except PromptError as err:
         args.everything_parser.error(f"--{err.field.replace('_', '-')}: {err}")
     out = prepare_out_dir(args.out)
+    remove_stale_temporaries(out)  # left by a run that was killed while writing
     failed = 0
 
     def fail(message: str) -> None:
