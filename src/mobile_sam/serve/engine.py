@@ -2,7 +2,8 @@
 embedding. Every call that runs the model holds one lock (a :class:`.scheduler.PriorityLock`),
 so concurrent requests are serialised and never share predictor state: each request gets its
 own predictor bound to its own image. Interactive calls take the lock first; an "everything"
-job takes it per prompt batch, as a background caller, and stops when its job is cancelled.
+job takes it per decoder step (one prompt) and per crop embedding, as a background caller,
+upscales its masks without it, and stops when its job is cancelled.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class _EntryPredictor(SamPredictor):
         self._entry = entry
         self._full_image = full_image
         self._job = job
+        if job is not None:  # one prompt per decoder step: the shortest wait for a click
+            self.cpu_decoder_batch = 1
         self.set_image_embedding(entry.features, entry.original_size, entry.input_size)
 
     @contextmanager
@@ -71,12 +74,27 @@ class _EntryPredictor(SamPredictor):
         with self._turn():
             return super().predict(*args, **kwargs)
 
-    def predict_point_batch(self, points: np.ndarray,
-                            min_iou: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_point_batch(self, points: np.ndarray, min_iou: float | None = None,
+                            half_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if self._job is not None:  # a job takes the lock per decoder step: see _decode
+            return super().predict_point_batch(points, min_iou, half_precision)
         with self._turn():
-            return super().predict_point_batch(points, min_iou)
+            return super().predict_point_batch(points, min_iou, half_precision)
+
+    def _decode(self, *args: Any, **kwargs: Any) -> Any:
+        # A job's batch is decoded a few prompts at a time (SamPredictor.cpu_decoder_batch on
+        # a CPU); taking the lock per step lets a click in after a few prompts, not 64.
+        if self._job is None:  # the caller holds the lock already
+            return super()._decode(*args, **kwargs)
+        with self._turn():
+            return super()._decode(*args, **kwargs)
 
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:
+        if self._job is not None:
+            # Upscaling reads no model state (on a CPU it is numpy): a job does it without
+            # the lock, so that clicks never wait for it.
+            self._job.check()
+            return super().upscale_logits(low_res_logits)
         with self._turn():
             return super().upscale_logits(low_res_logits)
 

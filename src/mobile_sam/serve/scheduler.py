@@ -3,8 +3,8 @@
 * :class:`PriorityLock` lets one model call run at a time. Interactive callers (upload
   embeddings, predicts) take it with ``with lock:``; background callers (the batches of an
   "everything" job) with ``with lock.background():``, which also waits while any interactive
-  caller is waiting. A job takes the lock once per prompt batch (and per crop embedding), so a
-  click waits for at most one batch, never for a whole job.
+  caller is waiting. A job takes the lock once per decoder step (and per crop embedding), so
+  a click waits for at most one step, never for a whole job.
 * :class:`JobPool` runs "everything" jobs on ``workers`` threads with at most ``queue`` more
   waiting; a full pool refuses new jobs (:class:`PoolFull`, an HTTP 503 with Retry-After).
 * :class:`Job` is a job's cancel flag: set when its client disconnects, its time limit
@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,9 @@ from typing import TypeVar
 __all__ = ["Job", "JobCancelled", "JobPool", "PoolFull", "PriorityLock"]
 
 T = TypeVar("T")
+
+# The nice value of job threads (0 = normal, 19 = lowest priority).
+JOB_NICENESS = 10
 
 
 class PriorityLock:
@@ -108,6 +112,16 @@ class Job:
         self.batches += 1
 
 
+def _lower_priority() -> None:
+    """Make the calling thread yield the CPU to the server's other threads: a job's work
+    between model calls (mask post-processing) then slows clicks less. Linux sets the nice
+    value per thread; elsewhere this does nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
+    except (AttributeError, OSError):  # no setpriority (Windows), or not permitted
+        pass
+
+
 class PoolFull(Exception):
     """The pool already holds as many jobs as it may (running plus waiting)."""
 
@@ -117,7 +131,8 @@ class JobPool:
 
     def __init__(self, workers: int = 1, queue: int = 4) -> None:
         self.workers, self.queue = workers, queue
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mobile-sam-job")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mobile-sam-job",
+                                            initializer=_lower_priority)
         self._lock = threading.Lock()
         self._jobs: set[Job] = set()
         self._closed = False
