@@ -126,7 +126,11 @@ def test_workers_run_the_worker_factory_with_the_same_settings(uvicorn_calls, mo
     with TestClient(app) as client:
         preflight = client.options("/v1/images", headers={
             "Origin": "https://a.example", "Access-Control-Request-Method": "POST"})
+        miss = client.get("/v1/images/abc/embedding")  # e.g. uploaded through another worker
     assert preflight.headers["access-control-allow-origin"] == "https://a.example"
+    assert miss.status_code == 404
+    assert "upload it again with POST /v1/images" in miss.json()["detail"]
+    assert "each server worker has its own cache" in miss.json()["detail"]
 
 
 # ------------------------------------------------------------------------------ CORS, token

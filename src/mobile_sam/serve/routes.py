@@ -73,8 +73,9 @@ def _entry_or_404(cache: EmbeddingCache, key: str) -> CachedImage:
     entry = cache.get(key)
     if entry is None:
         shown = key if len(key) <= 80 else key[:77] + "..."
-        raise ApiError(404, "id", f"id: unknown image {shown!r}; upload it with "
-                                  "POST /v1/images (images are evicted when the cache is full)")
+        raise ApiError(404, "id", f"id: unknown image {shown!r}; upload it again with "
+                                  "POST /v1/images (images are evicted when the cache is full, "
+                                  "and each server worker has its own cache)")
     return entry
 
 
