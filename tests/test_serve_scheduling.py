@@ -303,3 +303,20 @@ def test_sigterm_stops_running_jobs_and_exits_quickly(tiny_checkpoint_with_confi
         if isinstance(result, httpx.Response):
             assert result.status_code == 503, (result.text, errors)
             assert "the server is stopping" in result.json()["detail"]
+
+
+def test_background_server_stops_promptly_during_a_job(tiny_sam, slow):
+    app = create_app(tiny_sam)
+    server = BackgroundServer(app)
+    server.start()
+    image_id = upload(server.url)
+    results: dict = {}
+    thread = start_job(server.url, image_id, results)
+    wait_until(lambda: slow.calls >= 2)
+    start = time.monotonic()
+    server.stop()
+    took = time.monotonic() - start
+    thread.join(10)
+    assert took < 2.0, took
+    wait_until(lambda: len(app.state.jobs) == 0, timeout=5)
+    assert slow.calls < 200

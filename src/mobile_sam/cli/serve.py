@@ -127,7 +127,7 @@ def _settings() -> list[Setting]:
                 "memory for cached embeddings and uploads in MiB, per worker "
                 "(default %(default)s)", _limit("cache_bytes", mib=True)),
         Setting("--workers", "1", "server processes, each with its own model and embedding "
-                "cache (default %(default)s; see docs/deploy.md)", _limit("workers")),
+                "cache (default %(default)s; see docs/serve.md)", _limit("workers")),
         Setting("--everything-workers", str(DEFAULT_EVERYTHING_WORKERS),
                 "'everything' jobs run at once per worker (default %(default)s)",
                 _limit("everything_workers")),
