@@ -650,3 +650,19 @@ def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir, go
     assert ref.sum() > 1000
     assert (got & ref).sum() / (got | ref).sum() >= 0.99
     assert load_image(data).shape == (333, 517, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1)])
+def test_thin_upload_is_422_and_the_connection_lives_on(tiny_sam, image_a, shape):
+    """An image too thin for the model (the short side would resize to 0 pixels) gets the
+    same refusal as in the Python API and the CLI; the keep-alive connection stays usable."""
+    thin = png_bytes(np.full((*shape, 3), 200, np.uint8))
+    with BackgroundServer(create_app(tiny_sam)) as server, \
+            httpx.Client(base_url=server.url) as http:
+        response = http.post("/v1/images", files={"file": ("thin.png", thin)})
+        height, width = shape
+        assert_error(response, 422, "file", f"image of {width}x{height} pixels (width x height)"
+                     " is too thin for the model", "at most 512 times the short side")
+        assert response.headers.get("connection") != "close"
+        assert http.post("/v1/images", files={"file": ("a.png", png_bytes(image_a))}
+                         ).status_code == 200
