@@ -1,7 +1,7 @@
 """Who runs the model when: interactive calls first, "everything" jobs in a bounded pool.
 
 * :class:`PriorityLock` lets one model call run at a time. Interactive callers (upload
-  embeddings, predicts) take it with ``with lock:``; background callers (the batches of an
+  embeddings, predicts) take it with ``with lock:``; background callers (the model calls of an
   "everything" job) with ``with lock.background():``, which also waits while any interactive
   caller is waiting. A job takes the lock once per decoder step (and per crop embedding), so
   a click waits for at most one step, never for a whole job.
@@ -93,7 +93,6 @@ class Job:
 
     def __init__(self) -> None:
         self._reason: str | None = None
-        self.batches = 0  # model calls made: how far the job got (tests, logs)
 
     def cancel(self, reason: str) -> None:
         """Stop the job at its next model call (the first reason given is kept)."""
@@ -106,10 +105,9 @@ class Job:
         return self._reason
 
     def check(self) -> None:
-        """Raise :class:`JobCancelled` if the job was cancelled, else count one model call."""
+        """Raise :class:`JobCancelled` if the job was cancelled."""
         if self._reason is not None:
             raise JobCancelled(self._reason)
-        self.batches += 1
 
 
 def _lower_priority() -> None:
@@ -155,7 +153,6 @@ class JobPool:
 
         def run() -> T:
             job.check()  # cancelled while it waited: never starts
-            job.batches = 0
             return fn(job)
 
         future = self._executor.submit(run)
