@@ -9,6 +9,7 @@ Endpoints:
     POST   /v1/images/{id}/everything  automatic mask generation -> COCO RLE records
     GET    /v1/images/{id}/embedding   the embedding as .npy (1, C, h, w float32)
     DELETE /v1/images/{id}
+    POST   /v1/export/{format}         labelled RLE masks -> COCO JSON, YOLO zip or LabelMe
     GET    /health
     GET    /docs, /openapi.json        API reference (rendered offline)
 
@@ -37,6 +38,7 @@ from . import routes
 from .cache import EmbeddingCache
 from .engine import Engine
 from .errors import EXCEPTION_HANDLERS
+from .export import router as export_router
 from .limits import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CACHE_ITEMS,
@@ -112,6 +114,7 @@ def create_app(
     app.state.jobs = jobs
     for router in (routes.images, routes.service, routes.page):
         app.include_router(router)
+    app.include_router(export_router)
     app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
     # Uploads are bounded by max_upload_bytes while they are read; other bodies by this.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES,
