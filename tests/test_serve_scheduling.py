@@ -179,7 +179,7 @@ def test_click_during_everything_finishes_first(tiny_sam, slow):
     assert slow.calls >= 256  # the job went on to the end
     # The click waited for at most a batch or two, not for the job (>= 2.5 s of batches).
     assert clicked < results["everything_end"]
-    assert clicked - start < 1.0, clicked - start
+    assert clicked - start < 1.5, clicked - start
     assert results["everything_s"] > 256 * DECODE_S
 
 
@@ -208,7 +208,7 @@ def test_time_limit_stops_the_job(tiny_sam, slow):
         body = response.json()
         assert body["detail"].startswith("everything: the job did not finish within the "
                                          "server's limit of 1 s and was stopped")
-        assert 1.0 <= results["everything_s"] < 2.5
+        assert 1.0 <= results["everything_s"] < 4.0
         wait_until(lambda: len(app.state.jobs) == 0, timeout=5)
     assert slow.calls < 200
 
