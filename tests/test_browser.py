@@ -521,3 +521,31 @@ def test_page_shows_server_errors_and_docs_render(page, server, tmp_path):
     assert any("POST/v1/export/{format}" in t.replace(" ", "") for t in titles)
     text = page.text_content("#endpoints")
     assert "point_coords" in text and "points_per_side" in text  # both request bodies listed
+
+
+def test_page_asks_for_the_access_token_once(browser, tiny_sam, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(test_image()).save(path)
+    with BackgroundServer(create_app(tiny_sam, token="s3cret")) as guarded:
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        asked: list[str] = []
+
+        def answer(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept("s3cret")
+
+        page.on("dialog", answer)
+        page.goto(guarded.url)
+        before = renders(page)
+        with page.expect_response(lambda r: r.url.endswith("/v1/images") and r.status == 200
+                                  ) as uploaded:
+            page.set_input_files("#file-input", str(path))
+        wait_idle(page, before)
+        assert asked == ["This server needs an access token:"]
+        assert uploaded.value.request.headers["authorization"] == "Bearer s3cret"
+        # Later calls send the kept token without asking again.
+        request, result = act(page, lambda: page.mouse.click(*to_screen(page, 400, 200)))
+        assert result["masks"] and len(asked) == 1
+        context.close()

@@ -773,3 +773,20 @@ def test_dataset_usage_errors(capsys, tmp_path, args, message) -> None:
         code, _, err = run_cli(capsys, *command, *args, "--out", tmp_path / "out")
         assert code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_everything_removes_temporaries_of_a_killed_run(capsys, tiny_checkpoint,
+                                                       tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that no longer runs
+    stale = out / f".a.json.{dead_pid}-0123456789ab.tmp"
+    stale.write_text('{"annotations": [')
+    bus().crop((0, 0, 64, 48)).save(tmp_path / "a.png")
+    code, stdout, err = run_cli(capsys, "everything", tmp_path / "a.png", "--out", out,
+                                "--points-per-side", "2", "--model", tiny_checkpoint)
+    assert (code, err) == (0, "")
+    assert not stale.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_overlay.png"]

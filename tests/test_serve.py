@@ -493,10 +493,14 @@ def test_cache_evicts_least_recently_used(tiny_sam, counter):
 
 
 def test_create_app_checks_its_limits(tiny_sam):
-    with pytest.raises(ValueError, match="max_upload_bytes must be a positive int"):
+    with pytest.raises(ValueError, match=r"max_upload_bytes must be an integer in \[1, 2147483648\], got 0"):
         create_app(tiny_sam, max_upload_bytes=0)
-    with pytest.raises(ValueError, match="cache_items must be >= 1"):
+    with pytest.raises(ValueError, match=r"cache_items must be an integer in \[1, 100000\], got 0"):
         create_app(tiny_sam, cache_items=0)
+    with pytest.raises(TypeError, match="cache_bytes must be an integer .*, got float inf"):
+        create_app(tiny_sam, cache_bytes=float("inf"))
+    with pytest.raises(ValueError, match=r"everything_timeout must be a number in \[1, 86400\]"):
+        create_app(tiny_sam, everything_timeout=0.5)
     with pytest.raises(TypeError, match="Sam model"):
         create_app("vit_t")
     with pytest.raises(RuntimeError, match="precision 'int8' is not available on backend 'torch'"):
@@ -777,12 +781,14 @@ def test_cli_serve_warns_for_public_host_and_checks_arguments(monkeypatch, fixtu
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    assert main(["serve", "--model", str(fixture_checkpoint), "--host", "0.0.0.0"]) == 0
+    assert main(["serve", "--model", str(fixture_checkpoint), "--host", "0.0.0.0",
+                 "--port", "0"]) == 0
     assert "warning: binding 0.0.0.0" in capsys.readouterr().err
-    assert main(["serve", "--port", "70000"]) == 1
-    assert "--port must be in 0..65535, got 70000" in capsys.readouterr().err
-    assert main(["serve", "--cache-items", "0"]) == 1
-    assert "--cache-items must be > 0" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
+    assert capsys.readouterr().err == ("mobile-sam serve: error: --port must be an integer in "
+                                       "[0, 65535], got '70000'\n")
+    assert main(["serve", "--cache-items", "0"]) == 2
+    assert "--cache-items must be an integer in [1, 100000], got '0'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ real model
@@ -817,3 +823,19 @@ def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir, go
     assert ref.sum() > 1000
     assert (got & ref).sum() / (got | ref).sum() >= 0.99
     assert load_image(data).shape == (333, 517, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1)])
+def test_thin_upload_is_422_and_the_connection_lives_on(tiny_sam, image_a, shape):
+    """An image too thin for the model (the short side would resize to 0 pixels) gets the
+    same refusal as in the Python API and the CLI; the keep-alive connection stays usable."""
+    thin = png_bytes(np.full((*shape, 3), 200, np.uint8))
+    with BackgroundServer(create_app(tiny_sam)) as server, \
+            httpx.Client(base_url=server.url) as http:
+        response = http.post("/v1/images", files={"file": ("thin.png", thin)})
+        height, width = shape
+        assert_error(response, 422, "file", f"image of {width}x{height} pixels (width x height)"
+                     " is too thin for the model", "at most 512 times the short side")
+        assert response.headers.get("connection") != "close"
+        assert http.post("/v1/images", files={"file": ("a.png", png_bytes(image_a))}
+                         ).status_code == 200

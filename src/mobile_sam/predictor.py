@@ -42,6 +42,10 @@ class SamPredictor:
         (the encoder on the backend; the decoder in OpenVINO for "openvino", else in torch);
         precision: the encoder's, "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
         `mobile_sam.runtime`."""
+        if not isinstance(sam_model, Sam):
+            raise TypeError("sam_model must be a mobile_sam Sam model, e.g. "
+                            "sam_model_registry['vit_t'](checkpoint='mobile_sam.pt'), got "
+                            f"{type(sam_model).__name__}")
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)

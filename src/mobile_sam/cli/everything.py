@@ -136,7 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import load_image
+    from ..io import load_image, remove_stale_temporaries
 
     generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
     try:  # options that are valid alone but not together
@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         args.everything_parser.error(f"--{err.field.replace('_', '-')}: {err}")
     check_dataset_arguments(args, args.everything_parser)
     out = prepare_out_dir(args.out)
+    remove_stale_temporaries(out)  # left by a run that was killed while writing
     failed = 0
 
     def fail(message: str) -> None:
