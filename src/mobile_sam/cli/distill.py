@@ -69,6 +69,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--prompt-loss-weight", type=float, default=0.0,
                    help="add a prompt-in-the-loop mask loss with this weight (0: off, the paper)")
     t.add_argument("--prompts-per-image", type=int, default=2)
+    t.add_argument("--prompt-loss", default="kl", choices=("kl", "mse"),
+                   help="distance of the student's mask logits to the teacher's: kl (Bernoulli "
+                        "KL of the probabilities) or mse (on the logits); both are 0 at the teacher")
+    t.add_argument("--prompt-iou-weight", type=float, default=1.0,
+                   help="weight of the IoU-prediction MSE (student vs teacher) in the prompt loss")
+    t.add_argument("--prompt-refine", type=int, default=0,
+                   help="extra prompt rounds, each adding a point where the student's and the "
+                        "teacher's masks disagree (EdgeSAM); 0: off")
     t.add_argument("--checkpoint-every", type=int, default=1000, help="optimizer steps")
     t.add_argument("--keep-checkpoints", type=int, default=3)
     t.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
@@ -134,7 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
         stage=args.stage, prompt_loss_weight=args.prompt_loss_weight,
-        prompts_per_image=args.prompts_per_image)
+        prompts_per_image=args.prompts_per_image, prompt_loss=args.prompt_loss,
+        prompt_iou_weight=args.prompt_iou_weight, prompt_refine=args.prompt_refine)
     options = RunOptions(checkpoint_every=args.checkpoint_every,
                          keep_checkpoints=args.keep_checkpoints, workers=args.workers,
                          stop_after=args.stop_after, progress=args.progress, images=args.images)

@@ -64,6 +64,9 @@ class TrainConfig:
     stage: str = "encoder"  # encoder: distil the encoder | decoder: fine-tune the decoder
     prompt_loss_weight: float = 0.0
     prompts_per_image: int = 2
+    prompt_loss: str = "kl"  # kl | mse: distance of the student's mask logits to the teacher's
+    prompt_iou_weight: float = 1.0  # weight of the IoU-prediction MSE inside the prompt loss
+    prompt_refine: int = 0  # extra prompt rounds from the student/teacher disagreement (EdgeSAM)
 
     def check(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -80,6 +83,11 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.stage not in ("encoder", "decoder"):
             raise ValueError(f"stage must be 'encoder' or 'decoder', got {self.stage!r}")
+        if self.prompt_loss not in ("kl", "mse"):
+            raise ValueError(f"prompt loss must be kl or mse, got {self.prompt_loss!r}")
+        if self.prompt_iou_weight < 0 or self.prompt_refine < 0:
+            raise ValueError(f"need prompt IoU weight >= 0 and prompt refine rounds >= 0, got "
+                             f"{self.prompt_iou_weight}, {self.prompt_refine}")
         if self.prompt_loss_weight < 0:
             raise ValueError(f"prompt loss weight must be >= 0, got {self.prompt_loss_weight}")
         if self.stage == "decoder" and self.prompt_loss_weight <= 0:
@@ -342,7 +350,8 @@ class _Trainer:
         if hp.prompt_loss_weight > 0:
             from .prompt_loss import PromptLoss
 
-            self.prompt_loss = PromptLoss(model, cache.prompt_decoder(), hp.prompts_per_image)
+            self.prompt_loss = PromptLoss(model, cache.prompt_decoder(), hp.prompts_per_image,
+                                          hp.prompt_loss, hp.prompt_iou_weight, hp.prompt_refine)
 
     # ------------------------------------------------------------------ pieces
     def _amp(self) -> contextlib.AbstractContextManager:

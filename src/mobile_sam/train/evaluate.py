@@ -9,14 +9,18 @@ For each image:
    (mask IoU > `dedupe_iou`, keeping the higher predicted IoU), and at most `max_masks` are
    kept. `reference="annotations"` takes the masks of the SA-1B JSON next to the image
    instead (a seeded sample of `max_masks`).
-2. From each reference mask, one prompt per prompt type, drawn with a generator seeded by
-   (seed, image, mask, prompt type), so results do not depend on the order of anything:
+2. From each reference mask, one prompt per prompt type, drawn with generators seeded by
+   (seed, image, mask), so results do not depend on the order of anything:
    - `point`: one foreground point uniform over the mask's pixels (multimask output, each
      model's best mask by its predicted IoU, as SAM does for one point);
-   - `point2@D`: that point plus a second foreground point of the mask whose distance to it
-     is within 5% of D pixels (uniform among those; the closest to D when there is none);
-     single-mask output;
-   - `box`: the mask's bounding box (XYXY, inclusive max); single-mask output.
+   - `point2@D`: the same point as `point` plus a second foreground point of the mask whose
+     distance to it is within 5% of D pixels (uniform among those, drawn from (seed, image,
+     mask, D); the closest to D when there is none); single-mask output;
+   - `center`: the mask's pixel farthest from its boundary (maximum of the distance
+     transform; ties to the middle of the tied pixels), the usual single-point protocol of COCO evaluations; multimask output, best
+     by predicted IoU;
+   - `box`: the mask's bounding box (XYXY, inclusive max), or the annotation's own `bbox`
+     for COCO annotations; single-mask output.
 3. Teacher and student predict from the same prompt; the score is the IoU of their binary
    masks (1.0 when both are empty).
 
@@ -43,7 +47,7 @@ from .data import ImageItem, load_annotation_masks, read_image
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """One prompt type: kind `point`, `point2` (with `distance` in pixels) or `box`."""
+    """One prompt type: kind `point`, `point2` (with `distance` in pixels), `center` or `box`."""
 
     kind: str
     distance: float | None = None
@@ -58,7 +62,7 @@ def parse_prompts(text: str) -> list[PromptSpec]:
     specs: list[PromptSpec] = []
     for raw in text.split(","):
         item = raw.strip()
-        if item in ("point", "box"):
+        if item in ("point", "center", "box"):
             specs.append(PromptSpec(item))
         elif item.startswith("point2@"):
             try:
@@ -71,7 +75,7 @@ def parse_prompts(text: str) -> list[PromptSpec]:
             specs.append(PromptSpec("point2", d))
         else:
             raise ValueError(f"--prompts: unknown prompt type {item!r}; expected point, "
-                             "point2@<pixels> or box, comma-separated")
+                             "point2@<pixels>, center or box, comma-separated")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"--prompts lists a prompt type twice: {names}")
@@ -152,27 +156,47 @@ def teacher_reference_masks(predictor: Any, settings: EvalSettings) -> np.ndarra
     return np.stack(kept) if kept else np.zeros((0, h, w), bool)
 
 
-def sample_prompt(mask: np.ndarray, spec: PromptSpec, rng: np.random.Generator) -> dict[str, Any]:
+def sample_prompt(mask: np.ndarray, spec: PromptSpec, key: Sequence[int]) -> dict[str, Any]:
     """Draw a prompt of type `spec` from a non-empty (H, W) bool mask (see module docstring).
 
+    `key` seeds the draws: the first point of `point` and of every `point2@D` is the same
+    pixel (drawn from `key` alone), the second point of `point2@D` is drawn from (key, D).
     Returns predictor keyword arguments plus `distance` (of the two points, else None).
     """
     ys, xs = np.nonzero(mask)
     if spec.kind == "box":
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
         return {"box": box, "multimask_output": False, "distance": None}
-    i = int(rng.integers(len(xs)))
+    if spec.kind == "center":
+        x, y = center_point(mask)
+        return {"point_coords": np.array([[x, y]], dtype=np.float64),
+                "point_labels": np.array([1]), "multimask_output": True, "distance": None}
+    i = int(np.random.default_rng(list(key)).integers(len(xs)))
     first = np.array([xs[i], ys[i]], dtype=np.float64)
     if spec.kind == "point":
         return {"point_coords": first[None], "point_labels": np.array([1]),
                 "multimask_output": True, "distance": None}
     want = float(spec.distance or 0.0)
+    rng = np.random.default_rng([*key, round(want * 1000)])
     dist = np.hypot(xs - first[0], ys - first[1])
     near = np.nonzero(np.abs(dist - want) <= 0.05 * want)[0]
     j = int(rng.choice(near)) if near.size else int(np.argmin(np.abs(dist - want)))
     second = np.array([xs[j], ys[j]], dtype=np.float64)
     return {"point_coords": np.stack([first, second]), "point_labels": np.array([1, 1]),
             "multimask_output": False, "distance": float(dist[j])}
+
+
+def center_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of a non-empty (H, W) bool mask farthest from its boundary (the
+    maximum of the Euclidean distance transform, pixels outside the image counting as
+    background). Ties (a rectangle's whole mid-line) go to the tied pixel nearest to the
+    ties' mean, then the first in row-major order."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ys, xs = np.nonzero(dist == dist.max())
+    j = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return int(xs[j]), int(ys[j])
 
 
 def _predict(predictor: Any, prompt: dict[str, Any]) -> np.ndarray:
@@ -233,9 +257,8 @@ def evaluate(student: Any, teacher: Any, items: Sequence[ImageItem],
         refs = _reference_for(item, t_pred, rgb, settings, index)
         per_prompt: dict[str, list[float]] = {s.name: [] for s in settings.prompts}
         for m, ref in enumerate(refs):
-            for p, spec in enumerate(settings.prompts):
-                rng = np.random.default_rng([settings.seed, index, m, p])
-                prompt = sample_prompt(ref, spec, rng)
+            for spec in settings.prompts:
+                prompt = sample_prompt(ref, spec, (settings.seed, index, m))
                 iou = mask_iou(_predict(t_pred, prompt), _predict(s_pred, prompt))
                 per_prompt[spec.name].append(iou)
                 coords = prompt.get("point_coords")
