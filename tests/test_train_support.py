@@ -275,3 +275,50 @@ def test_inference_path_does_not_import_training():
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def make_coco(folder: Path, n: int, seed: int = 0) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """A small COCO set: n noisy images, each with a filled rectangle (a polygon annotation)
+    and a filled ellipse (compressed RLE; uncompressed on odd images) in distinct colours,
+    plus a crowd annotation that must be ignored. Returns (instances JSON path, the drawn
+    masks per file name in annotation order)."""
+    from mobile_sam.masks import mask_to_rle, rle_to_coco
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, anns, truth = [], [], {}
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(140, 240, 2))
+        img = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        x0, y0 = int(rng.integers(5, w // 2 - 10)), int(rng.integers(5, h // 2 - 10))
+        x1, y1 = x0 + int(rng.integers(30, w // 2)), y0 + int(rng.integers(30, h // 2))
+        rect = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+        cx, cy = int(rng.integers(w // 2, w - 30)), int(rng.integers(h // 2, h - 30))
+        ax, ay = int(rng.integers(12, 28)), int(rng.integers(12, 28))
+        ellipse = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
+        img[rect] = (230, 40, 40)
+        img[ellipse & ~rect] = (40, 200, 230)
+        ellipse &= ~rect
+        name = f"img_{i:03d}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(img).save(folder / "images" / name, quality=95)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        rle = mask_to_rle(ellipse[None])[0]
+        ys, xs = np.nonzero(ellipse)
+        anns += [
+            {"id": 3 * i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+             "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1], "area": int(rect.sum())},
+            {"id": 3 * i + 2, "image_id": i + 1, "category_id": 2, "iscrowd": 0,
+             "segmentation": rle if i % 2 else rle_to_coco(rle),
+             "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                      int(ys.max() - ys.min() + 1)], "area": int(ellipse.sum())},
+            {"id": 3 * i + 3, "image_id": i + 1, "category_id": 3, "iscrowd": 1,
+             "segmentation": rle_to_coco(mask_to_rle(np.ones((1, h, w), bool))[0]),
+             "bbox": [0, 0, w, h], "area": h * w},
+        ]
+        truth[name] = [rect, ellipse]
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": k, "name": str(k)} for k in (1, 2, 3)]}))
+    return path, truth
