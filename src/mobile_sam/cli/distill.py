@@ -77,6 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--prompt-refine", type=int, default=0,
                    help="extra prompt rounds, each adding a point where the student's and the "
                         "teacher's masks disagree (EdgeSAM); 0: off")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over all processes' images (SyncBatchNorm on CUDA, "
+                        "an all-reduce of the batch sums on CPU/gloo): N processes x batch b "
+                        "then equal one batch of N*b")
     t.add_argument("--checkpoint-every", type=int, default=1000, help="optimizer steps")
     t.add_argument("--keep-checkpoints", type=int, default=3)
     t.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
@@ -143,7 +147,8 @@ def run_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
         stage=args.stage, prompt_loss_weight=args.prompt_loss_weight,
         prompts_per_image=args.prompts_per_image, prompt_loss=args.prompt_loss,
-        prompt_iou_weight=args.prompt_iou_weight, prompt_refine=args.prompt_refine)
+        prompt_iou_weight=args.prompt_iou_weight, prompt_refine=args.prompt_refine,
+        sync_bn=args.sync_bn)
     options = RunOptions(checkpoint_every=args.checkpoint_every,
                          keep_checkpoints=args.keep_checkpoints, workers=args.workers,
                          stop_after=args.stop_after, progress=args.progress, images=args.images)

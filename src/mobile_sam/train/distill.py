@@ -36,7 +36,7 @@ from torch import nn
 
 from ..build import VARIANTS, SamConfig, build_sam, config_from_dict, config_to_dict, safe_load
 from ..io import atomic_write, save_json
-from . import dist
+from . import dist, sync_bn
 from .data import CachedEmbeddingDataset, split_indices
 from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
@@ -67,6 +67,7 @@ class TrainConfig:
     prompt_loss: str = "kl"  # kl | mse: distance of the student's mask logits to the teacher's
     prompt_iou_weight: float = 1.0  # weight of the IoU-prediction MSE inside the prompt loss
     prompt_refine: int = 0  # extra prompt rounds from the student/teacher disagreement (EdgeSAM)
+    sync_bn: bool = False  # BatchNorm statistics over all processes' images (sync_bn.py)
 
     def check(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -330,6 +331,8 @@ class _Trainer:
             model.load_state_dict(ckpt["model"], strict=True)
         model.to(self.device)
         self.module, params = _trainable(model, hp.stage)
+        if hp.sync_bn and info.distributed:
+            sync_bn.convert(self.module, self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(params, hp.weight_decay), lr=hp.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=hp.precision == "fp16")
         if ckpt is not None:
