@@ -345,3 +345,81 @@ def test_decoder_stage_started_from_the_teacher_keeps_its_masks(setup, tmp_path)
     items = list_images(setup["root"] / "images")[:4]
     summary = evaluate(tuned, setup["teacher"].model, items, settings, progress=False).summary()
     assert all(s["miou"] > 0.95 for s in summary.values()), summary
+
+
+def test_slurm_env_maps_srun_tasks_to_the_process_group():
+    from mobile_sam.train.dist import first_host, slurm_env
+
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu3"}
+    assert slurm_env(env) == {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1",
+                              "MASTER_ADDR": "gpu07", "MASTER_PORT": "29500"}
+    assert slurm_env({**env, "MASTER_ADDR": "head", "MASTER_PORT": "1234"}) == {
+        "RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1"}
+    assert slurm_env({**env, "WORLD_SIZE": "16"}) == {}  # torchrun inside the allocation
+    assert slurm_env({**env, "SLURM_NTASKS": "1"}) == {}  # one task: a single process
+    assert first_host("node1,node2") == "node1" and first_host("a[3]") == "a3"
+    with pytest.raises(RuntimeError, match="SLURM_JOB_NODELIST is not set"):
+        slurm_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_srun_style_processes_checkpoint_on_sigusr1_and_resume_exactly(setup, tmp_path):
+    """Two processes started as srun starts them (SLURM_* variables only, no torchrun) form
+    one gloo group; SIGUSR1 makes both checkpoint at the same step and exit 0; --resume then
+    reaches the same weights as a run that was never interrupted."""
+    import signal
+    import time
+
+    def launch(out, *extra):
+        port = str(_free_port())
+        procs = []
+        for rank in range(2):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_PROCID": str(rank),
+                   "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
+                   "SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": port}
+            env.pop("WORLD_SIZE", None)
+            cmd = [sys.executable, "-m", "mobile_sam", "distill", "train", "--cache",
+                   str(setup["cache"].folder), "--student", setup["student"], "--epochs", "40",
+                   "--batch-size", "1", "--val-fraction", "0.2", "--lr", "3e-3", "--workers", "0",
+                   "--device", "cpu", "--no-progress", "--threads", "1", "--pg-timeout", "2",
+                   "--out", str(out), *extra]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        return procs
+
+    def wait(procs):
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+        return outs[0][0]
+
+    run = tmp_path / "run"
+    procs = launch(run)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # let it take a few steps, then "pre-empt" it
+        log = run / "log.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGUSR1)
+    out = wait(procs)
+    assert "stopped after step" in out
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
+    assert len(ckpts) == 1
+    stopped_at = int(ckpts[0].stem.split("_")[1])
+    assert 2 <= stopped_at < 160
+    target = stopped_at + 2
+    wait(launch(run, "--resume", "--stop-after", "2"))
+    wait(launch(tmp_path / "whole", "--stop-after", str(target)))
+    a = _weights(run / "checkpoints" / f"step_{target:08d}.pt")
+    b = _weights(tmp_path / "whole" / "checkpoints" / f"step_{target:08d}.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

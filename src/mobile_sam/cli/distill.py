@@ -1,7 +1,8 @@
 """`mobile-sam distill cache|train`: precompute teacher embeddings, then train a student.
 
 Both steps run on one process or, started by `torchrun --nproc_per_node=N -m mobile_sam
-distill ...`, on N processes (the cache splits its shards, training uses DDP).
+distill ...` (or by `srun` with one task per device), on N processes (the cache splits its
+shards, training uses DDP). Training checkpoints and stops on SIGTERM / SIGUSR1.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    p.add_argument("--pg-timeout", type=float, default=None, metavar="MINUTES",
+                   help="process-group timeout for collectives and barriers (several processes; "
+                        "default: torch's)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "an all-reduce of the batch sums on CPU/gloo): N processes x batch b "
                         "then equal one batch of N*b")
     t.add_argument("--checkpoint-every", type=int, default=1000, help="optimizer steps")
+    t.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="also checkpoint when this many minutes passed since the last one")
     t.add_argument("--keep-checkpoints", type=int, default=3)
     t.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
     t.add_argument("--stop-after", type=int, default=None,
@@ -101,7 +107,9 @@ def _setup(args: argparse.Namespace):
     from ..train import dist
 
     set_threads(args.threads)
-    return dist.init(args.device)
+    if args.pg_timeout is not None and not args.pg_timeout > 0:
+        raise ValueError(f"--pg-timeout must be > 0 minutes, got {args.pg_timeout}")
+    return dist.init(args.device, args.pg_timeout)
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -151,7 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
         sync_bn=args.sync_bn)
     options = RunOptions(checkpoint_every=args.checkpoint_every,
                          keep_checkpoints=args.keep_checkpoints, workers=args.workers,
-                         stop_after=args.stop_after, progress=args.progress, images=args.images)
+                         stop_after=args.stop_after, progress=args.progress, images=args.images,
+                         checkpoint_minutes=args.checkpoint_minutes)
     config.check()
     info = _setup(args)
     try:
