@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "serve",
     "distill": "distill",
     "eval": "evaluate",
+    "finetune": "finetune",
 }
 
 
