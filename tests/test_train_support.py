@@ -322,3 +322,34 @@ def make_coco(folder: Path, n: int, seed: int = 0) -> tuple[Path, dict[str, list
     path.write_text(json.dumps({"images": images, "annotations": anns,
                                 "categories": [{"id": k, "name": str(k)} for k in (1, 2, 3)]}))
     return path, truth
+
+
+def test_file_list_as_image_source(tmp_path):
+    """A .txt file list names images relative to its folder (or absolute); the cache built from
+    it holds the same embeddings, under the same relative paths, as one built from a folder."""
+    from mobile_sam.train.data import images_root, list_images
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import build_cache
+
+    paths = make_images(tmp_path / "images", 4, seed=2)
+    rels = [p.relative_to(tmp_path / "images").as_posix() for p in paths]
+    listing = tmp_path / "images" / "train.txt"
+    listing.write_text(f"# training images\n{rels[2]}\n\n{rels[0]}\n{paths[3]}\n")
+    items = list_images(listing)
+    assert [i.rel for i in items] == sorted([rels[2], rels[0], paths[3].as_posix()])
+    assert all(i.path.is_file() for i in items) and images_root(listing) == tmp_path / "images"
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    a = build_cache(teacher, listing, tmp_path / "a", shard_size=2, progress=False)
+    b = build_cache(teacher, tmp_path / "images", tmp_path / "b", shard_size=8, progress=False)
+    assert a is not None and b is not None
+    by_rel = {e.rel: i for i, e in enumerate(b.entries)}
+    assert [e.rel for e in a.entries] == [i.rel for i in items]
+    for i, e in enumerate(a.entries):
+        j = by_rel.get(e.rel, by_rel[rels[3]])  # the absolute path is image 3
+        assert np.array_equal(a.embedding(i), b.embedding(j)), e.rel
+    listing.write_text(f"{rels[0]}\n{rels[0]}\n")
+    with pytest.raises(ValueError, match="more than once"):
+        list_images(listing)
+    listing.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no image"):
+        list_images(listing)

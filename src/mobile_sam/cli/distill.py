@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = steps.add_parser("cache", help="precompute the teacher's embeddings (fp16 shards)")
     c.add_argument("--teacher", required=True,
                    help="vit_h, vit_l, vit_b, vit_t (published weights) or a checkpoint path")
-    c.add_argument("--images", required=True, help="image folder (searched recursively)")
+    c.add_argument("--images", required=True,
+                   help="image folder (searched recursively), or a .txt/.lst file listing image "
+                        "paths (one per line, relative to its folder or absolute)")
     c.add_argument("--out", required=True, help="cache folder (resumed when it exists)")
     c.add_argument("--shard-size", type=int, default=64, help="images per shard file")
     c.add_argument("--batch-size", type=int, default=1, help="images per teacher forward")

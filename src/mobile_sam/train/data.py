@@ -35,14 +35,47 @@ class ImageItem:
     annotation: Path | None = None
 
 
+FILE_LIST_SUFFIXES = (".txt", ".lst")
+
+
+def images_root(spec: str | os.PathLike[str]) -> Path:
+    """The folder image paths are relative to: `spec` itself, or a file list's folder."""
+    path = Path(spec).expanduser()
+    return path.parent if path.suffix.lower() in FILE_LIST_SUFFIXES and path.is_file() else path
+
+
+def read_file_list(path: Path) -> list[ImageItem]:
+    """A file list: one image path per line (blank lines and `#` comments skipped), relative
+    to the list's folder or absolute; sorted by that path. Files are not opened here (an
+    unreadable one is reported where it is read). Raises ValueError for an empty list or a
+    path listed twice."""
+    base = path.parent
+    rels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    rels = [r for r in rels if r and not r.startswith("#")]
+    if not rels:
+        raise ValueError(f"file list {path} names no image")
+    dupes = sorted({r for r in rels if rels.count(r) > 1})
+    if dupes:
+        raise ValueError(f"file list {path} names {dupes[0]!r} more than once")
+    items = []
+    for rel in rels:
+        image = base / rel
+        ann = image.with_suffix(".json")
+        items.append(ImageItem(image, Path(rel).as_posix(), ann if ann.is_file() else None))
+    return sorted(items, key=lambda item: item.rel)
+
+
 def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
-    """Every .jpg/.jpeg/.png under `root` (recursively), sorted by relative path.
+    """Every .jpg/.jpeg/.png under `root` (recursively), sorted by relative path; or, when
+    `root` is a `.txt`/`.lst` file, the images it lists (`read_file_list`).
 
     An image with a sibling `<stem>.json` (the SA-1B layout) gets it as `annotation`.
     Raises FileNotFoundError / NotADirectoryError for a bad root and ValueError when it holds
     no image.
     """
     root = Path(root).expanduser()
+    if root.suffix.lower() in FILE_LIST_SUFFIXES and root.is_file():
+        return read_file_list(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():

@@ -35,7 +35,7 @@ import torch
 from ..build import config_to_dict, safe_load
 from ..io import ImageLoadError, atomic_write, save_json
 from . import dist
-from .data import ImageItem, list_images, model_input, read_image
+from .data import ImageItem, images_root, list_images, model_input, read_image
 from .models import LoadedModel, embedding_shape, file_sha256, prompt_decoder_state
 
 FORMAT = "mobile_sam.teacher_cache/1"
@@ -183,8 +183,8 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, ...)
     if autocast_dtype is ...:
         raise ValueError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
-    root = Path(images).expanduser()
-    items = list_images(root)
+    items = list_images(images)
+    root = images_root(images)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out must be a folder, got a file: {out}")
