@@ -353,3 +353,48 @@ def test_file_list_as_image_source(tmp_path):
     listing.write_text("# nothing\n")
     with pytest.raises(ValueError, match="names no image"):
         list_images(listing)
+
+
+def test_tar_shards_as_image_source(tmp_path):
+    """WebDataset-style .tar shards in an image folder: their images are listed as
+    `<shard>.tar/<member>`, cached and loaded (by forked loader workers too) exactly like the
+    same images as loose files."""
+    import tarfile
+
+    from torch.utils.data import DataLoader
+
+    from mobile_sam.train.data import CachedEmbeddingDataset, image_exists, list_images, read_image
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import build_cache
+
+    loose = make_images(tmp_path / "loose", 4, seed=3)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for k, group in enumerate((loose[:2], loose[2:])):
+        with tarfile.open(folder / f"shard-{k:03d}.tar", "w") as tar:
+            for p in group:
+                tar.add(p, arcname=p.name)
+    items = list_images(folder)
+    assert [i.rel for i in items] == [f"shard-000.tar/{loose[0].name}",
+                                      f"shard-000.tar/{loose[1].name}",
+                                      f"shard-001.tar/{loose[2].name}",
+                                      f"shard-001.tar/{loose[3].name}"]
+    for item, p in zip(items, loose):
+        assert image_exists(item.path)
+        assert read_image(item.path)[1] == read_image(p)[1]  # same bytes, same sha256
+    assert not image_exists(folder / "shard-000.tar" / "nope.jpg")
+    with pytest.raises(FileNotFoundError, match="nope.jpg is not in"):
+        read_image(folder / "shard-000.tar" / "nope.jpg")
+
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    cache = build_cache(teacher, folder, tmp_path / "cache", shard_size=3, progress=False)
+    ref = build_cache(teacher, tmp_path / "loose", tmp_path / "ref", shard_size=8, progress=False)
+    assert cache is not None and ref is not None
+    ref_rows = {e.rel.split("/")[-1]: i for i, e in enumerate(ref.entries)}
+    for i, e in enumerate(cache.entries):
+        assert np.array_equal(cache.embedding(i), ref.embedding(ref_rows[e.rel.split("/")[-1]]))
+    dataset = CachedEmbeddingDataset(cache, range(len(cache)))
+    batches = list(DataLoader(dataset, batch_size=1, num_workers=2))
+    direct = [dataset[i] for i in range(len(dataset))]
+    for b, d in zip(batches, direct):
+        assert torch.equal(b["image"][0], d["image"]) and torch.equal(b["target"][0], d["target"])

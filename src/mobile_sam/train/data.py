@@ -1,7 +1,10 @@
 """Training data: image folders and the SA-1B layout, a seeded split, exact preprocessing.
 
-- An image folder is searched recursively for .jpg/.jpeg/.png (any case); items are sorted by
-  their path relative to the root (POSIX separators), so every machine lists them alike.
+- An image folder is searched recursively for .jpg/.jpeg/.png (any case) and for
+  WebDataset-style .tar shards, whose image members count as images at `<shard>.tar/<member>`
+  (read straight from the tar, nothing unpacked); items are sorted by their path relative to
+  the root (POSIX separators), so every machine lists them alike. A .txt/.lst file list
+  names images instead.
 - SA-1B layout: `sa_123.jpg` next to `sa_123.json` holding `{"image": ..., "annotations":
   [{"segmentation": <COCO RLE>, ...}]}`; such an image's item carries the JSON's path.
 - Images go through exactly the predictor's preprocessing: `mobile_sam.io.load_image`, then
@@ -84,6 +87,9 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
+            if name.lower().endswith(".tar") and not name.startswith("."):
+                items += _tar_items(Path(dirpath) / name, root)
+                continue
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             path = Path(dirpath) / name
@@ -93,6 +99,79 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     if not items:
         raise ValueError(f"no images (.jpg, .jpeg, .png) found under {root} (searched recursively)")
     return sorted(items, key=lambda item: item.rel)
+
+
+def _tar_items(tar: Path, root: Path) -> list[ImageItem]:
+    """The images inside a WebDataset-style tar shard (`key.jpg`, `key.json`, ... members), as
+    items whose path is `<shard>.tar/<member>`."""
+    import tarfile
+
+    try:
+        names = [m.name for m in _open_tar(tar).getmembers() if m.isfile()]
+    except (OSError, tarfile.TarError) as exc:
+        raise ValueError(f"cannot read tar shard {tar}: {exc}") from None
+    out = []
+    for name in names:
+        if not name.lower().endswith(IMAGE_SUFFIXES) or name.startswith("."):
+            continue
+        path = tar / name
+        out.append(ImageItem(path, path.relative_to(root).as_posix()))
+    return out
+
+
+_TARS: dict[str, Any] = {}
+
+
+def _open_tar(path: Path) -> Any:
+    """An open TarFile per shard and process (its member index is read once; keyed by the
+    process id too, since forked loader workers must not share a file offset)."""
+    import tarfile
+
+    key = f"{os.getpid()}:{path}"
+    if key not in _TARS:
+        _TARS[key] = tarfile.open(path)  # noqa: SIM115  (kept open for the process)
+    return _TARS[key]
+
+
+def _in_tar(path: Path) -> tuple[Path, str] | None:
+    """(shard, member) when `path` names a member of a .tar shard, else None."""
+    for parent in path.parents:
+        if parent.suffix.lower() == ".tar" and parent.is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return None
+
+
+def image_exists(path: str | os.PathLike[str]) -> bool:
+    """True for an image file, or a member of a tar shard (`shard.tar/key.jpg`)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    where = _in_tar(path)
+    if where is None:
+        return False
+    try:
+        _open_tar(where[0]).getmember(where[1])
+    except KeyError:
+        return False
+    return True
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file or of a tar shard member; FileNotFoundError naming it."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        where = _in_tar(path)
+        if where is None:
+            raise FileNotFoundError(f"image file not found: {path}") from None
+    try:
+        member = _open_tar(where[0]).extractfile(where[1])
+    except KeyError:
+        member = None
+    if member is None:
+        raise FileNotFoundError(f"image file not found: {where[1]} is not in {where[0]}")
+    return member.read()
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -116,9 +195,9 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
+        raise
     except OSError as exc:
         raise ImageLoadError(f"cannot read image {path}: {exc.strerror or exc}") from None
     try:

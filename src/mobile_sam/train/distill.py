@@ -37,7 +37,7 @@ from torch import nn
 from ..build import VARIANTS, SamConfig, build_sam, config_from_dict, config_to_dict, safe_load
 from ..io import atomic_write, save_json
 from . import dist, sync_bn
-from .data import CachedEmbeddingDataset, split_indices
+from .data import CachedEmbeddingDataset, image_exists, split_indices
 from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
 from .schedule import lr_at, micro_batches, rank_order, step_seed
@@ -268,7 +268,7 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
         load_prompt_decoder(model, cache.prompt_decoder(), source=str(cache.folder))
 
     root = Path(options.images).expanduser() if options.images else cache.image_root
-    missing = [e.rel for e in cache.entries if not (root / e.rel).is_file()]
+    missing = [e.rel for e in cache.entries if not image_exists(root / e.rel)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the cache's {len(cache)} images are missing "
                                 f"under {root} (e.g. {missing[:3]}); pass --images if they moved")
