@@ -36,7 +36,8 @@ def setup(tmp_path_factory):
 def _train(setup, out, resume=False, teacher=None, student=None, **kw):
     from mobile_sam.train.distill import RunOptions, TrainConfig, train
 
-    opts = {k: kw.pop(k) for k in ("checkpoint_every", "stop_after", "images") if k in kw}
+    opts = {k: kw.pop(k) for k in ("checkpoint_every", "stop_after", "images",
+                                   "checkpoint_minutes", "keep_checkpoints") if k in kw}
     config = TrainConfig(**{"batch_size": 2, "val_fraction": 0.2, "lr": 3e-3, **kw})
     return train(setup["cache"].folder, student or setup["student"], out, config,
                  teacher=teacher, resume=resume, options=RunOptions(**FAST, **opts))
@@ -423,3 +424,19 @@ def test_srun_style_processes_checkpoint_on_sigusr1_and_resume_exactly(setup, tm
     a = _weights(run / "checkpoints" / f"step_{target:08d}.pt")
     b = _weights(tmp_path / "whole" / "checkpoints" / f"step_{target:08d}.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_interval_by_time(setup, tmp_path):
+    """--checkpoint-minutes saves whenever that long passed since the last checkpoint, besides
+    --checkpoint-every steps (here: a tiny interval, so after every step)."""
+    run = tmp_path / "run"
+    _train(setup, run, batch_size=1, stop_after=3, checkpoint_every=1000,
+           checkpoint_minutes=1e-9, keep_checkpoints=10)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_00000001.pt", "step_00000002.pt", "step_00000003.pt"]
+    hourly = tmp_path / "hourly"
+    _train(setup, hourly, batch_size=1, stop_after=3, checkpoint_every=1000,
+           checkpoint_minutes=60, keep_checkpoints=10)
+    assert [p.name for p in (hourly / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    with pytest.raises(ValueError, match="checkpoint-minutes must be > 0"):
+        _train(setup, tmp_path / "x", checkpoint_minutes=0)
