@@ -129,8 +129,18 @@ def _open_tar(path: Path) -> Any:
 
     key = f"{os.getpid()}:{path}"
     if key not in _TARS:
+        if not _TARS:
+            import atexit
+
+            atexit.register(close_tars)
         _TARS[key] = tarfile.open(path)  # noqa: SIM115  (kept open for the process)
     return _TARS[key]
+
+
+def close_tars() -> None:
+    """Close the tar shards this process opened (at exit, or to free their handles)."""
+    for key in [k for k in _TARS if k.startswith(f"{os.getpid()}:")]:
+        _TARS.pop(key).close()
 
 
 def _in_tar(path: Path) -> tuple[Path, str] | None:
