@@ -398,3 +398,39 @@ def test_tar_shards_as_image_source(tmp_path):
     direct = [dataset[i] for i in range(len(dataset))]
     for b, d in zip(batches, direct):
         assert torch.equal(b["image"][0], d["image"]) and torch.equal(b["target"][0], d["target"])
+
+
+def test_decode_at_size_reads_large_jpegs_at_a_reduced_scale(tmp_path):
+    """--decode-at-size: a 1200x900 JPEG for a 256² model decodes at 1/4 scale (300x225, the
+    smallest DCT scale covering 256); the cache records it and training decodes the same way."""
+    from mobile_sam.train.data import CachedEmbeddingDataset, model_input, read_image
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import CacheError, build_cache
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    small = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((1200, 900), Image.BILINEAR).save(folder / "big.jpg",
+                                                                     quality=90)
+    Image.fromarray(small).save(folder / "small.png")
+    full, sha = read_image(folder / "big.jpg")
+    reduced, sha2 = read_image(folder / "big.jpg", 256)
+    assert full.shape == (900, 1200, 3) and reduced.shape == (225, 300, 3) and sha == sha2
+    assert read_image(folder / "small.png", 256)[0].shape == (90, 120, 3)  # PNG: whole
+    # Close to the full decode at the model's size, not identical.
+    a, _ = model_input(full, 256)
+    b, _ = model_input(reduced, 256)
+    assert 0 < np.abs(a - b).mean() < 0.1
+
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    cache = build_cache(teacher, folder, tmp_path / "cache", progress=False, decode_at_size=True)
+    assert cache is not None and cache.manifest["decode"] == "at_size"
+    entry = [e.rel for e in cache.entries].index("big.jpg")
+    item = CachedEmbeddingDataset(cache, [entry])[0]
+    assert np.array_equal(item["image"].numpy(), b)
+    with torch.no_grad():
+        expect = teacher.model.image_encoder(torch.from_numpy(b)[None])[0].half().numpy()
+    assert np.allclose(cache.embedding(entry), expect, atol=2e-3)
+    with pytest.raises(CacheError, match="decode 'at_size', not 'full'"):
+        build_cache(teacher, folder, tmp_path / "cache", progress=False)

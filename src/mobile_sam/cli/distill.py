@@ -42,6 +42,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=int, default=1, help="images per teacher forward")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="teacher compute precision (fp16/bf16: autocast on CUDA)")
+    c.add_argument("--decode-at-size", action="store_true",
+                   help="decode large JPEGs at a reduced scale (1/2, 1/4, 1/8) that still covers "
+                        "the model's input size: much faster loading, not pixel-identical to "
+                        "the predictor's preprocessing; training follows the cache's setting")
     c.add_argument("--verify", action="store_true",
                    help="re-hash every shard of the finished cache against the manifest")
     _common(c)
@@ -128,7 +132,7 @@ def run_cache(args: argparse.Namespace) -> int:
             dist.barrier()
         cache = build_cache(teacher, args.images, args.out, shard_size=args.shard_size,
                             batch_size=args.batch_size, info=info, precision=args.precision,
-                            progress=args.progress)
+                            progress=args.progress, decode_at_size=args.decode_at_size)
         if cache is not None:
             if args.verify:
                 cache.verify()
