@@ -120,30 +120,58 @@ def test_sample_prompt_geometry():
 
     mask = np.zeros((200, 300), bool)
     mask[20:180, 30:250] = True
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        p = sample_prompt(mask, PromptSpec("point"), rng)
-        x, y = p["point_coords"][0].astype(int)
-        assert mask[y, x] and p["multimask_output"]
-        p = sample_prompt(mask, PromptSpec("point2", 100.0), rng)
+    for i in range(20):
+        key = (0, 3, i)
+        one = sample_prompt(mask, PromptSpec("point"), key)
+        x, y = one["point_coords"][0].astype(int)
+        assert mask[y, x] and one["multimask_output"]
+        p = sample_prompt(mask, PromptSpec("point2", 100.0), key)
         (x0, y0), (x1, y1) = p["point_coords"].astype(int)
+        # The two-point prompt starts from the one-point prompt's point.
+        assert (x0, y0) == (x, y)
         assert mask[y0, x0] and mask[y1, x1] and not p["multimask_output"]
         assert 95 <= p["distance"] <= 105
         assert p["distance"] == pytest.approx(np.hypot(x1 - x0, y1 - y0))
-    assert sample_prompt(mask, PromptSpec("box"), rng)["box"].tolist() == [30, 20, 249, 179]
+        assert sample_prompt(mask, PromptSpec("point2", 50.0), key)["point_coords"][0].tolist() \
+            == [x, y]
+    firsts = {tuple(sample_prompt(mask, PromptSpec("point"), (0, 3, i))["point_coords"][0])
+              for i in range(20)}
+    assert len(firsts) > 15  # the key changes the draw
+    assert sample_prompt(mask, PromptSpec("box"), (0,))["box"].tolist() == [30, 20, 249, 179]
     # No pixel at the asked distance: the farthest one available.
     small = np.zeros((50, 50), bool)
     small[10:14, 10:14] = True
-    p = sample_prompt(small, PromptSpec("point2", 500.0), rng)
+    p = sample_prompt(small, PromptSpec("point2", 500.0), (1,))
     assert p["distance"] == pytest.approx(np.hypot(3, 3), abs=1.5)
     assert mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 1.0
     assert mask_iou(mask, ~mask) == 0.0
 
 
+def test_center_point_is_farthest_from_the_boundary():
+    from mobile_sam.train.evaluate import PromptSpec, center_point, sample_prompt
+
+    mask = np.zeros((200, 300), bool)
+    mask[20:181, 30:251] = True  # 161 x 221: centre (140, 100)
+    assert center_point(mask) == (140, 100)
+    # An L shape: the thick arm wins, away from the corner where the arms meet.
+    ell = np.zeros((100, 100), bool)
+    ell[0:100, 0:40] = True
+    ell[60:100, 0:100] = True
+    x, y = center_point(ell)
+    assert ell[y, x] and min(x, 39 - x) >= 15 and 40 <= y <= 80
+    # A mask touching the image border: the border counts as boundary.
+    edge = np.zeros((50, 50), bool)
+    edge[:, :21] = True
+    assert center_point(edge)[0] == 10
+    p = sample_prompt(mask, PromptSpec("center"), (0,))
+    assert p["point_coords"].tolist() == [[140, 100]] and p["multimask_output"]
+
+
 def test_parse_prompts():
     from mobile_sam.train.evaluate import parse_prompts
 
-    assert [p.name for p in parse_prompts("point, point2@100,box")] == ["point", "point2@100", "box"]
+    assert [p.name for p in parse_prompts("point, point2@100,center,box")] == [
+        "point", "point2@100", "center", "box"]
     with pytest.raises(ValueError, match="unknown prompt type 'mask'"):
         parse_prompts("point,mask")
     with pytest.raises(ValueError, match="positive pixel distance"):

@@ -275,3 +275,162 @@ def test_inference_path_does_not_import_training():
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def make_coco(folder: Path, n: int, seed: int = 0) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """A small COCO set: n noisy images, each with a filled rectangle (a polygon annotation)
+    and a filled ellipse (compressed RLE; uncompressed on odd images) in distinct colours,
+    plus a crowd annotation that must be ignored. Returns (instances JSON path, the drawn
+    masks per file name in annotation order)."""
+    from mobile_sam.masks import mask_to_rle, rle_to_coco
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, anns, truth = [], [], {}
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(140, 240, 2))
+        img = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        x0, y0 = int(rng.integers(5, w // 2 - 10)), int(rng.integers(5, h // 2 - 10))
+        x1, y1 = x0 + int(rng.integers(30, w // 2)), y0 + int(rng.integers(30, h // 2))
+        rect = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+        cx, cy = int(rng.integers(w // 2, w - 30)), int(rng.integers(h // 2, h - 30))
+        ax, ay = int(rng.integers(12, 28)), int(rng.integers(12, 28))
+        ellipse = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
+        img[rect] = (230, 40, 40)
+        img[ellipse & ~rect] = (40, 200, 230)
+        ellipse &= ~rect
+        name = f"img_{i:03d}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(img).save(folder / "images" / name, quality=95)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        rle = mask_to_rle(ellipse[None])[0]
+        ys, xs = np.nonzero(ellipse)
+        anns += [
+            {"id": 3 * i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+             "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1], "area": int(rect.sum())},
+            {"id": 3 * i + 2, "image_id": i + 1, "category_id": 2, "iscrowd": 0,
+             "segmentation": rle if i % 2 else rle_to_coco(rle),
+             "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                      int(ys.max() - ys.min() + 1)], "area": int(ellipse.sum())},
+            {"id": 3 * i + 3, "image_id": i + 1, "category_id": 3, "iscrowd": 1,
+             "segmentation": rle_to_coco(mask_to_rle(np.ones((1, h, w), bool))[0]),
+             "bbox": [0, 0, w, h], "area": h * w},
+        ]
+        truth[name] = [rect, ellipse]
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": k, "name": str(k)} for k in (1, 2, 3)]}))
+    return path, truth
+
+
+def test_file_list_as_image_source(tmp_path):
+    """A .txt file list names images relative to its folder (or absolute); the cache built from
+    it holds the same embeddings, under the same relative paths, as one built from a folder."""
+    from mobile_sam.train.data import images_root, list_images
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import build_cache
+
+    paths = make_images(tmp_path / "images", 4, seed=2)
+    rels = [p.relative_to(tmp_path / "images").as_posix() for p in paths]
+    listing = tmp_path / "images" / "train.txt"
+    listing.write_text(f"# training images\n{rels[2]}\n\n{rels[0]}\n{paths[3]}\n")
+    items = list_images(listing)
+    assert [i.rel for i in items] == sorted([rels[2], rels[0], paths[3].as_posix()])
+    assert all(i.path.is_file() for i in items) and images_root(listing) == tmp_path / "images"
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    a = build_cache(teacher, listing, tmp_path / "a", shard_size=2, progress=False)
+    b = build_cache(teacher, tmp_path / "images", tmp_path / "b", shard_size=8, progress=False)
+    assert a is not None and b is not None
+    by_rel = {e.rel: i for i, e in enumerate(b.entries)}
+    assert [e.rel for e in a.entries] == [i.rel for i in items]
+    for i, e in enumerate(a.entries):
+        j = by_rel.get(e.rel, by_rel[rels[3]])  # the absolute path is image 3
+        assert np.array_equal(a.embedding(i), b.embedding(j)), e.rel
+    listing.write_text(f"{rels[0]}\n{rels[0]}\n")
+    with pytest.raises(ValueError, match="more than once"):
+        list_images(listing)
+    listing.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no image"):
+        list_images(listing)
+
+
+def test_tar_shards_as_image_source(tmp_path):
+    """WebDataset-style .tar shards in an image folder: their images are listed as
+    `<shard>.tar/<member>`, cached and loaded (by forked loader workers too) exactly like the
+    same images as loose files."""
+    import tarfile
+
+    from torch.utils.data import DataLoader
+
+    from mobile_sam.train.data import CachedEmbeddingDataset, image_exists, list_images, read_image
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import build_cache
+
+    loose = make_images(tmp_path / "loose", 4, seed=3)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for k, group in enumerate((loose[:2], loose[2:])):
+        with tarfile.open(folder / f"shard-{k:03d}.tar", "w") as tar:
+            for p in group:
+                tar.add(p, arcname=p.name)
+    items = list_images(folder)
+    assert [i.rel for i in items] == [f"shard-000.tar/{loose[0].name}",
+                                      f"shard-000.tar/{loose[1].name}",
+                                      f"shard-001.tar/{loose[2].name}",
+                                      f"shard-001.tar/{loose[3].name}"]
+    for item, p in zip(items, loose):
+        assert image_exists(item.path)
+        assert read_image(item.path)[1] == read_image(p)[1]  # same bytes, same sha256
+    assert not image_exists(folder / "shard-000.tar" / "nope.jpg")
+    with pytest.raises(FileNotFoundError, match="nope.jpg is not in"):
+        read_image(folder / "shard-000.tar" / "nope.jpg")
+
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    cache = build_cache(teacher, folder, tmp_path / "cache", shard_size=3, progress=False)
+    ref = build_cache(teacher, tmp_path / "loose", tmp_path / "ref", shard_size=8, progress=False)
+    assert cache is not None and ref is not None
+    ref_rows = {e.rel.split("/")[-1]: i for i, e in enumerate(ref.entries)}
+    for i, e in enumerate(cache.entries):
+        assert np.array_equal(cache.embedding(i), ref.embedding(ref_rows[e.rel.split("/")[-1]]))
+    dataset = CachedEmbeddingDataset(cache, range(len(cache)))
+    batches = list(DataLoader(dataset, batch_size=1, num_workers=2))
+    direct = [dataset[i] for i in range(len(dataset))]
+    for b, d in zip(batches, direct):
+        assert torch.equal(b["image"][0], d["image"]) and torch.equal(b["target"][0], d["target"])
+
+
+def test_decode_at_size_reads_large_jpegs_at_a_reduced_scale(tmp_path):
+    """--decode-at-size: a 1200x900 JPEG for a 256² model decodes at 1/4 scale (300x225, the
+    smallest DCT scale covering 256); the cache records it and training decodes the same way."""
+    from mobile_sam.train.data import CachedEmbeddingDataset, model_input, read_image
+    from mobile_sam.train.models import load_any
+    from mobile_sam.train.teacher_cache import CacheError, build_cache
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    small = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((1200, 900), Image.BILINEAR).save(folder / "big.jpg",
+                                                                     quality=90)
+    Image.fromarray(small).save(folder / "small.png")
+    full, sha = read_image(folder / "big.jpg")
+    reduced, sha2 = read_image(folder / "big.jpg", 256)
+    assert full.shape == (900, 1200, 3) and reduced.shape == (225, 300, 3) and sha == sha2
+    assert read_image(folder / "small.png", 256)[0].shape == (90, 120, 3)  # PNG: whole
+    # Close to the full decode at the model's size, not identical.
+    a, _ = model_input(full, 256)
+    b, _ = model_input(reduced, 256)
+    assert 0 < np.abs(a - b).mean() < 0.1
+
+    teacher = load_any(save_tiny(tmp_path / "t.pt", tiny_teacher_config(), seed=1))
+    cache = build_cache(teacher, folder, tmp_path / "cache", progress=False, decode_at_size=True)
+    assert cache is not None and cache.manifest["decode"] == "at_size"
+    entry = [e.rel for e in cache.entries].index("big.jpg")
+    item = CachedEmbeddingDataset(cache, [entry])[0]
+    assert np.array_equal(item["image"].numpy(), b)
+    with torch.no_grad():
+        expect = teacher.model.image_encoder(torch.from_numpy(b)[None])[0].half().numpy()
+    assert np.allclose(cache.embedding(entry), expect, atol=2e-3)
+    with pytest.raises(CacheError, match="decode 'at_size', not 'full'"):
+        build_cache(teacher, folder, tmp_path / "cache", progress=False)

@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "serve",
     "distill": "distill",
     "eval": "evaluate",
+    "finetune": "finetune",
 }
 # Subcommands that always run the torch model code.
 TORCH_ONLY = ("export", "distill", "eval")

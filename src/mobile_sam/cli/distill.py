@@ -1,7 +1,8 @@
 """`mobile-sam distill cache|train`: precompute teacher embeddings, then train a student.
 
 Both steps run on one process or, started by `torchrun --nproc_per_node=N -m mobile_sam
-distill ...`, on N processes (the cache splits its shards, training uses DDP).
+distill ...` (or by `srun` with one task per device), on N processes (the cache splits its
+shards, training uses DDP). Training checkpoints and stops on SIGTERM / SIGUSR1.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    p.add_argument("--pg-timeout", type=float, default=None, metavar="MINUTES",
+                   help="process-group timeout for collectives and barriers (several processes; "
+                        "default: torch's)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,12 +34,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = steps.add_parser("cache", help="precompute the teacher's embeddings (fp16 shards)")
     c.add_argument("--teacher", required=True,
                    help="vit_h, vit_l, vit_b, vit_t (published weights) or a checkpoint path")
-    c.add_argument("--images", required=True, help="image folder (searched recursively)")
+    c.add_argument("--images", required=True,
+                   help="image folder (searched recursively), or a .txt/.lst file listing image "
+                        "paths (one per line, relative to its folder or absolute)")
     c.add_argument("--out", required=True, help="cache folder (resumed when it exists)")
     c.add_argument("--shard-size", type=int, default=64, help="images per shard file")
     c.add_argument("--batch-size", type=int, default=1, help="images per teacher forward")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="teacher compute precision (fp16/bf16: autocast on CUDA)")
+    c.add_argument("--decode-at-size", action="store_true",
+                   help="decode large JPEGs at a reduced scale (1/2, 1/4, 1/8) that still covers "
+                        "the model's input size: much faster loading, not pixel-identical to "
+                        "the predictor's preprocessing; training follows the cache's setting")
     c.add_argument("--verify", action="store_true",
                    help="re-hash every shard of the finished cache against the manifest")
     _common(c)
@@ -69,7 +79,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--prompt-loss-weight", type=float, default=0.0,
                    help="add a prompt-in-the-loop mask loss with this weight (0: off, the paper)")
     t.add_argument("--prompts-per-image", type=int, default=2)
+    t.add_argument("--prompt-loss", default="kl", choices=("kl", "mse"),
+                   help="distance of the student's mask logits to the teacher's: kl (Bernoulli "
+                        "KL of the probabilities) or mse (on the logits); both are 0 at the teacher")
+    t.add_argument("--prompt-iou-weight", type=float, default=1.0,
+                   help="weight of the IoU-prediction MSE (student vs teacher) in the prompt loss")
+    t.add_argument("--prompt-refine", type=int, default=0,
+                   help="extra prompt rounds, each adding a point where the student's and the "
+                        "teacher's masks disagree (EdgeSAM); 0: off")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over all processes' images (SyncBatchNorm on CUDA, "
+                        "an all-reduce of the batch sums on CPU/gloo): N processes x batch b "
+                        "then equal one batch of N*b")
     t.add_argument("--checkpoint-every", type=int, default=1000, help="optimizer steps")
+    t.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="also checkpoint when this many minutes passed since the last one")
     t.add_argument("--keep-checkpoints", type=int, default=3)
     t.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
     t.add_argument("--stop-after", type=int, default=None,
@@ -89,7 +113,9 @@ def _setup(args: argparse.Namespace):
     from ..train import dist
 
     set_threads(args.threads)
-    return dist.init(args.device)
+    if args.pg_timeout is not None and not args.pg_timeout > 0:
+        raise ValueError(f"--pg-timeout must be > 0 minutes, got {args.pg_timeout}")
+    return dist.init(args.device, args.pg_timeout)
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -106,7 +132,7 @@ def run_cache(args: argparse.Namespace) -> int:
             dist.barrier()
         cache = build_cache(teacher, args.images, args.out, shard_size=args.shard_size,
                             batch_size=args.batch_size, info=info, precision=args.precision,
-                            progress=args.progress)
+                            progress=args.progress, decode_at_size=args.decode_at_size)
         if cache is not None:
             if args.verify:
                 cache.verify()
@@ -134,10 +160,13 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
         stage=args.stage, prompt_loss_weight=args.prompt_loss_weight,
-        prompts_per_image=args.prompts_per_image)
+        prompts_per_image=args.prompts_per_image, prompt_loss=args.prompt_loss,
+        prompt_iou_weight=args.prompt_iou_weight, prompt_refine=args.prompt_refine,
+        sync_bn=args.sync_bn)
     options = RunOptions(checkpoint_every=args.checkpoint_every,
                          keep_checkpoints=args.keep_checkpoints, workers=args.workers,
-                         stop_after=args.stop_after, progress=args.progress, images=args.images)
+                         stop_after=args.stop_after, progress=args.progress, images=args.images,
+                         checkpoint_minutes=args.checkpoint_minutes)
     config.check()
     info = _setup(args)
     try:

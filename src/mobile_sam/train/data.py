@@ -1,7 +1,10 @@
 """Training data: image folders and the SA-1B layout, a seeded split, exact preprocessing.
 
-- An image folder is searched recursively for .jpg/.jpeg/.png (any case); items are sorted by
-  their path relative to the root (POSIX separators), so every machine lists them alike.
+- An image folder is searched recursively for .jpg/.jpeg/.png (any case) and for
+  WebDataset-style .tar shards, whose image members count as images at `<shard>.tar/<member>`
+  (read straight from the tar, nothing unpacked); items are sorted by their path relative to
+  the root (POSIX separators), so every machine lists them alike. A .txt/.lst file list
+  names images instead.
 - SA-1B layout: `sa_123.jpg` next to `sa_123.json` holding `{"image": ..., "annotations":
   [{"segmentation": <COCO RLE>, ...}]}`; such an image's item carries the JSON's path.
 - Images go through exactly the predictor's preprocessing: `mobile_sam.io.load_image`, then
@@ -11,7 +14,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,14 +40,47 @@ class ImageItem:
     annotation: Path | None = None
 
 
+FILE_LIST_SUFFIXES = (".txt", ".lst")
+
+
+def images_root(spec: str | os.PathLike[str]) -> Path:
+    """The folder image paths are relative to: `spec` itself, or a file list's folder."""
+    path = Path(spec).expanduser()
+    return path.parent if path.suffix.lower() in FILE_LIST_SUFFIXES and path.is_file() else path
+
+
+def read_file_list(path: Path) -> list[ImageItem]:
+    """A file list: one image path per line (blank lines and `#` comments skipped), relative
+    to the list's folder or absolute; sorted by that path. Files are not opened here (an
+    unreadable one is reported where it is read). Raises ValueError for an empty list or a
+    path listed twice."""
+    base = path.parent
+    rels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    rels = [r for r in rels if r and not r.startswith("#")]
+    if not rels:
+        raise ValueError(f"file list {path} names no image")
+    dupes = sorted({r for r in rels if rels.count(r) > 1})
+    if dupes:
+        raise ValueError(f"file list {path} names {dupes[0]!r} more than once")
+    items = []
+    for rel in rels:
+        image = base / rel
+        ann = image.with_suffix(".json")
+        items.append(ImageItem(image, Path(rel).as_posix(), ann if ann.is_file() else None))
+    return sorted(items, key=lambda item: item.rel)
+
+
 def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
-    """Every .jpg/.jpeg/.png under `root` (recursively), sorted by relative path.
+    """Every .jpg/.jpeg/.png under `root` (recursively), sorted by relative path; or, when
+    `root` is a `.txt`/`.lst` file, the images it lists (`read_file_list`).
 
     An image with a sibling `<stem>.json` (the SA-1B layout) gets it as `annotation`.
     Raises FileNotFoundError / NotADirectoryError for a bad root and ValueError when it holds
     no image.
     """
     root = Path(root).expanduser()
+    if root.suffix.lower() in FILE_LIST_SUFFIXES and root.is_file():
+        return read_file_list(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
@@ -51,6 +89,9 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
+            if name.lower().endswith(".tar") and not name.startswith("."):
+                items += _tar_items(Path(dirpath) / name, root)
+                continue
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             path = Path(dirpath) / name
@@ -60,6 +101,89 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     if not items:
         raise ValueError(f"no images (.jpg, .jpeg, .png) found under {root} (searched recursively)")
     return sorted(items, key=lambda item: item.rel)
+
+
+def _tar_items(tar: Path, root: Path) -> list[ImageItem]:
+    """The images inside a WebDataset-style tar shard (`key.jpg`, `key.json`, ... members), as
+    items whose path is `<shard>.tar/<member>`."""
+    import tarfile
+
+    try:
+        names = [m.name for m in _open_tar(tar).getmembers() if m.isfile()]
+    except (OSError, tarfile.TarError) as exc:
+        raise ValueError(f"cannot read tar shard {tar}: {exc}") from None
+    out = []
+    for name in names:
+        if not name.lower().endswith(IMAGE_SUFFIXES) or name.startswith("."):
+            continue
+        path = tar / name
+        out.append(ImageItem(path, path.relative_to(root).as_posix()))
+    return out
+
+
+_TARS: dict[str, Any] = {}
+
+
+def _open_tar(path: Path) -> Any:
+    """An open TarFile per shard and process (its member index is read once; keyed by the
+    process id too, since forked loader workers must not share a file offset)."""
+    import tarfile
+
+    key = f"{os.getpid()}:{path}"
+    if key not in _TARS:
+        if not _TARS:
+            import atexit
+
+            atexit.register(close_tars)
+        _TARS[key] = tarfile.open(path)  # noqa: SIM115  (kept open for the process)
+    return _TARS[key]
+
+
+def close_tars() -> None:
+    """Close the tar shards this process opened (at exit, or to free their handles)."""
+    for key in [k for k in _TARS if k.startswith(f"{os.getpid()}:")]:
+        _TARS.pop(key).close()
+
+
+def _in_tar(path: Path) -> tuple[Path, str] | None:
+    """(shard, member) when `path` names a member of a .tar shard, else None."""
+    for parent in path.parents:
+        if parent.suffix.lower() == ".tar" and parent.is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return None
+
+
+def image_exists(path: str | os.PathLike[str]) -> bool:
+    """True for an image file, or a member of a tar shard (`shard.tar/key.jpg`)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    where = _in_tar(path)
+    if where is None:
+        return False
+    try:
+        _open_tar(where[0]).getmember(where[1])
+    except KeyError:
+        return False
+    return True
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file or of a tar shard member; FileNotFoundError naming it."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        where = _in_tar(path)
+        if where is None:
+            raise FileNotFoundError(f"image file not found: {path}") from None
+    try:
+        member = _open_tar(where[0]).extractfile(where[1])
+    except KeyError:
+        member = None
+    if member is None:
+        raise FileNotFoundError(f"image file not found: {where[1]} is not in {where[0]}")
+    return member.read()
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -76,20 +200,43 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
 
 
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
-    """(H, W, 3 uint8 RGB, sha256 of the file's bytes); the file is read once.
+def decode_image(data: bytes, long_side: int | None = None) -> np.ndarray:
+    """Image bytes -> H, W, 3 uint8 RGB (`mobile_sam.io.load_image`).
+
+    With `long_side`, a JPEG whose longest side exceeds it is decoded at a reduced DCT scale
+    (1/2, 1/4 or 1/8, Pillow's `draft`): the smallest that keeps the longest side >=
+    `long_side`. Several times cheaper for large photos, and not pixel-identical to a full
+    decode followed by the model's resize. Other formats are decoded whole."""
+    from PIL import Image, UnidentifiedImageError
+
+    if long_side is not None:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError):
+            im = None  # the full decode below reports it
+        if im is not None and im.format == "JPEG" and max(im.size) > long_side:
+            scale = long_side / max(im.size)
+            im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+            return load_image(im)
+    return load_image(data)
+
+
+def read_image(path: str | os.PathLike[str],
+               long_side: int | None = None) -> tuple[np.ndarray, str]:
+    """(H, W, 3 uint8 RGB, sha256 of the file's bytes); the file is read once. `long_side`:
+    decode a large JPEG at a reduced scale (`decode_image`).
 
     Raises FileNotFoundError or ImageLoadError naming the file.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
+        raise
     except OSError as exc:
         raise ImageLoadError(f"cannot read image {path}: {exc.strerror or exc}") from None
     try:
-        rgb = load_image(data)
+        rgb = decode_image(data, long_side)
     except ImageLoadError as exc:
         raise type(exc)(str(exc).replace("<image bytes>", str(path))) from None
     return rgb, hashlib.sha256(data).hexdigest()
@@ -146,6 +293,8 @@ class CachedEmbeddingDataset:
         self.cache = cache
         self.indices = list(indices)
         self.root = Path(image_root) if image_root is not None else cache.image_root
+        # Decode as the cache did, so the student sees the pixels the teacher saw.
+        self.long_side = cache.image_size if cache.manifest.get("decode") == "at_size" else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -156,7 +305,7 @@ class CachedEmbeddingDataset:
         index = self.indices[i]
         entry = self.cache.entries[index]
         path = self.root / entry.rel
-        rgb, sha = read_image(path)
+        rgb, sha = read_image(path, self.long_side)
         if sha != entry.sha256:
             raise ValueError(f"{path} changed since the cache was built (sha256 {sha[:12]}… vs "
                              f"{entry.sha256[:12]}… in the manifest); rebuild the cache")

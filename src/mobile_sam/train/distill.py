@@ -36,8 +36,8 @@ from torch import nn
 
 from ..build import VARIANTS, SamConfig, build_sam, config_from_dict, config_to_dict, safe_load
 from ..io import atomic_write, save_json
-from . import dist
-from .data import CachedEmbeddingDataset, split_indices
+from . import dist, sync_bn
+from .data import CachedEmbeddingDataset, image_exists, split_indices
 from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
 from .schedule import lr_at, micro_batches, rank_order, step_seed
@@ -64,6 +64,10 @@ class TrainConfig:
     stage: str = "encoder"  # encoder: distil the encoder | decoder: fine-tune the decoder
     prompt_loss_weight: float = 0.0
     prompts_per_image: int = 2
+    prompt_loss: str = "kl"  # kl | mse: distance of the student's mask logits to the teacher's
+    prompt_iou_weight: float = 1.0  # weight of the IoU-prediction MSE inside the prompt loss
+    prompt_refine: int = 0  # extra prompt rounds from the student/teacher disagreement (EdgeSAM)
+    sync_bn: bool = False  # BatchNorm statistics over all processes' images (sync_bn.py)
 
     def check(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -80,6 +84,11 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.stage not in ("encoder", "decoder"):
             raise ValueError(f"stage must be 'encoder' or 'decoder', got {self.stage!r}")
+        if self.prompt_loss not in ("kl", "mse"):
+            raise ValueError(f"prompt loss must be kl or mse, got {self.prompt_loss!r}")
+        if self.prompt_iou_weight < 0 or self.prompt_refine < 0:
+            raise ValueError(f"need prompt IoU weight >= 0 and prompt refine rounds >= 0, got "
+                             f"{self.prompt_iou_weight}, {self.prompt_refine}")
         if self.prompt_loss_weight < 0:
             raise ValueError(f"prompt loss weight must be >= 0, got {self.prompt_loss_weight}")
         if self.stage == "decoder" and self.prompt_loss_weight <= 0:
@@ -95,6 +104,8 @@ class RunOptions:
     keep_checkpoints: int = 3
     workers: int = 2
     stop_after: int | None = None  # end this invocation after so many steps (with a checkpoint)
+    checkpoint_minutes: float | None = None  # also checkpoint when this long since the last one
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # checkpoint and stop on these
     progress: bool = True
     images: str | None = None  # image folder, when it moved since the cache was built
 
@@ -245,6 +256,8 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
     config.check()
     if options.checkpoint_every < 1 or options.keep_checkpoints < 1 or options.workers < 0:
         raise ValueError("--checkpoint-every and --keep-checkpoints must be >= 1, --workers >= 0")
+    if options.checkpoint_minutes is not None and not options.checkpoint_minutes > 0:
+        raise ValueError(f"--checkpoint-minutes must be > 0, got {options.checkpoint_minutes}")
     cache = EmbeddingCache.open(cache_dir)
     if teacher is not None:
         check_teacher(cache, teacher)
@@ -255,7 +268,7 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
         load_prompt_decoder(model, cache.prompt_decoder(), source=str(cache.folder))
 
     root = Path(options.images).expanduser() if options.images else cache.image_root
-    missing = [e.rel for e in cache.entries if not (root / e.rel).is_file()]
+    missing = [e.rel for e in cache.entries if not image_exists(root / e.rel)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the cache's {len(cache)} images are missing "
                                 f"under {root} (e.g. {missing[:3]}); pass --images if they moved")
@@ -309,6 +322,37 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
                     ckpt).run()
 
 
+class _StopSignals:
+    """Within the block, the named signals (SIGTERM, SIGUSR1: what SLURM sends before a
+    pre-emption or the time limit, with `--signal=USR1@120`) only set `received`; the trainer
+    then checkpoints and stops at the end of the step. Outside the main thread (where Python
+    cannot install handlers) nothing is installed."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names, self.received = names, False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.names:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
 class _Trainer:
     def __init__(self, model: nn.Module, cache: EmbeddingCache, train_idx: list[int],
                  val_idx: list[int], hp: TrainConfig, options: RunOptions, info: dist.DistInfo,
@@ -322,6 +366,8 @@ class _Trainer:
             model.load_state_dict(ckpt["model"], strict=True)
         model.to(self.device)
         self.module, params = _trainable(model, hp.stage)
+        if hp.sync_bn and info.distributed:
+            sync_bn.convert(self.module, self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(params, hp.weight_decay), lr=hp.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=hp.precision == "fp16")
         if ckpt is not None:
@@ -329,6 +375,7 @@ class _Trainer:
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"]) if ckpt is not None else 0
+        self._last_save = time.monotonic()
         self.wrapped: nn.Module = self.module
         if info.distributed:
             self.wrapped = nn.parallel.DistributedDataParallel(
@@ -342,7 +389,8 @@ class _Trainer:
         if hp.prompt_loss_weight > 0:
             from .prompt_loss import PromptLoss
 
-            self.prompt_loss = PromptLoss(model, cache.prompt_decoder(), hp.prompts_per_image)
+            self.prompt_loss = PromptLoss(model, cache.prompt_decoder(), hp.prompts_per_image,
+                                          hp.prompt_loss, hp.prompt_iou_weight, hp.prompt_refine)
 
     # ------------------------------------------------------------------ pieces
     def _amp(self) -> contextlib.AbstractContextManager:
@@ -408,6 +456,7 @@ class _Trainer:
         self._set_mode()
 
     def _save(self) -> None:
+        self._last_save = time.monotonic()
         if self.info.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -445,7 +494,21 @@ class _Trainer:
         return path
 
     # ------------------------------------------------------------------ loop
+    def _events(self) -> tuple[bool, bool]:
+        """(a stop signal reached any rank, the checkpoint interval in time has passed on rank
+        0), agreed by all ranks: every rank must save and stop at the same step."""
+        due = (self.opt_.checkpoint_minutes is not None
+               and time.monotonic() - self._last_save >= 60 * self.opt_.checkpoint_minutes)
+        flags = torch.tensor([float(self._signal.received), float(due and self.info.is_main)],
+                             dtype=torch.float64)
+        flags = dist.all_reduce_sum(flags)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
     def run(self) -> TrainResult:
+        with _StopSignals(self.opt_.stop_signals) as self._signal:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         from tqdm import tqdm
 
         hp, spe = self.hp, self.steps_per_epoch
@@ -471,10 +534,12 @@ class _Trainer:
                     self._validate(epoch)
                 if self.step == self.total:
                     break
-                saved = self.step % self.opt_.checkpoint_every == 0
+                signalled, due = self._events()
+                saved = self.step % self.opt_.checkpoint_every == 0 or due
                 if saved:
                     self._save()
-                if self.opt_.stop_after is not None and self.step - start >= self.opt_.stop_after:
+                if signalled or (self.opt_.stop_after is not None
+                                 and self.step - start >= self.opt_.stop_after):
                     if not saved:
                         self._save()
                     stopped = True

@@ -35,7 +35,7 @@ import torch
 from ..build import config_to_dict, safe_load
 from ..io import ImageLoadError, atomic_write, save_json
 from . import dist
-from .data import ImageItem, list_images, model_input, read_image
+from .data import ImageItem, images_root, list_images, model_input, read_image
 from .models import LoadedModel, embedding_shape, file_sha256, prompt_decoder_state
 
 FORMAT = "mobile_sam.teacher_cache/1"
@@ -69,10 +69,11 @@ def _teacher_info(teacher: LoadedModel) -> dict[str, Any]:
 
 
 def _make_plan(teacher: LoadedModel, root: Path, items: Sequence[ImageItem],
-               shard_size: int) -> dict[str, Any]:
+               shard_size: int, decode_at_size: bool) -> dict[str, Any]:
     rels = [item.rel for item in items]
     return {
         "format": FORMAT,
+        "decode": "at_size" if decode_at_size else "full",
         "teacher": _teacher_info(teacher),
         "image_size": teacher.config.image_size,
         "embedding_shape": list(embedding_shape(teacher.config)),
@@ -96,6 +97,9 @@ def _plan_conflict(old: dict[str, Any], new: dict[str, Any], out: Path) -> str |
     if old["shard_size"] != new["shard_size"]:
         return (f"{out} was started with --shard-size {old['shard_size']}, not "
                 f"{new['shard_size']}; resume with the same value")
+    if old.get("decode", "full") != new["decode"]:
+        return (f"{out} was started with decode {old.get('decode', 'full')!r}, not "
+                f"{new['decode']!r}; resume with the same --decode-at-size setting")
     if old["images_sha256"] != new["images_sha256"]:
         return (f"the images under {new['images_root']} differ from those {out} was started with "
                 f"({old['num_planned']} images then, {new['num_planned']} now); use another --out")
@@ -125,7 +129,8 @@ def _embed(teacher: torch.nn.Module, images: list[np.ndarray], device: torch.dev
 
 def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: Path, i: int,
                    batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
-                   tick: Callable[[int], None], warn: Callable[[str], None]) -> dict[str, Any]:
+                   tick: Callable[[int], None], warn: Callable[[str], None],
+                   long_side: int | None) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     chunks: list[np.ndarray] = []
@@ -139,7 +144,7 @@ def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: P
 
     for rel in rels:
         try:
-            rgb, sha = read_image(root / rel)
+            rgb, sha = read_image(root / rel, long_side)
         except (ImageLoadError, OSError) as exc:
             skipped.append({"rel": rel, "error": str(exc)})
             warn(f"skipping: {exc}")
@@ -169,13 +174,15 @@ def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: P
 
 def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str | os.PathLike[str],
                 *, shard_size: int = 64, batch_size: int = 1, info: dist.DistInfo | None = None,
-                precision: str = "fp32", progress: bool = True,
+                precision: str = "fp32", progress: bool = True, decode_at_size: bool = False,
                 warn: Callable[[str], None] | None = None) -> EmbeddingCache | None:
     """Compute (or finish computing) the teacher's embeddings of every image under `images`.
 
     Resumable: shards already done are kept. Under torchrun each rank computes shards
     i % world_size == rank. Returns the finished cache on rank 0, None on other ranks.
     `precision` fp16/bf16 runs the teacher under autocast (CUDA); the cache is fp16 either way.
+    `decode_at_size`: decode large JPEGs at a reduced scale (`data.decode_image`); recorded in
+    the manifest, and training then decodes the same way.
     """
     info = info or dist.DistInfo(0, 1, 0, torch.device("cpu"))
     if shard_size < 1 or batch_size < 1:
@@ -183,12 +190,12 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, ...)
     if autocast_dtype is ...:
         raise ValueError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
-    root = Path(images).expanduser()
-    items = list_images(root)
+    items = list_images(images)
+    root = images_root(images)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out must be a folder, got a file: {out}")
-    plan = _make_plan(teacher, root, items, shard_size)
+    plan = _make_plan(teacher, root, items, shard_size, decode_at_size)
 
     problem: str | None = None
     if info.is_main:
@@ -223,7 +230,8 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
             bar.update(len(shard_rels))
             continue
         _compute_shard(teacher, root, shard_rels, out, i, batch_size, info.device,
-                       autocast_dtype, bar.update, say)
+                       autocast_dtype, bar.update, say,
+                       teacher.config.image_size if decode_at_size else None)
     bar.close()
     dist.barrier()
     if not info.is_main:
