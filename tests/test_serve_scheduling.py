@@ -27,6 +27,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 # One prompt per batch on a 16 x 16 grid: 256 model calls, each slowed below.
 SLOW_JOB = {"points_per_side": 16, "points_per_batch": 1}
 DECODE_S = 0.01
+PROMPT_S = 0.01  # per prompt of an ONNX decoder call
 
 
 def png_bytes(h: int = 60, w: int = 80) -> bytes:
@@ -181,6 +182,80 @@ def test_click_during_everything_finishes_first(tiny_sam, slow):
     assert clicked < results["everything_end"]
     assert clicked - start < 1.5, clicked - start
     assert results["everything_s"] > 256 * DECODE_S
+
+
+class SlowSession:
+    """An onnxruntime decoder session whose calls take PROMPT_S seconds per prompt and are
+    logged as (thread name, start, prompts)."""
+
+    def __init__(self, session, calls: list) -> None:
+        self._session, self.calls = session, calls
+
+    def get_inputs(self):
+        return self._session.get_inputs()
+
+    def get_outputs(self):
+        return self._session.get_outputs()
+
+    def run(self, names, feeds):
+        start = time.monotonic()
+        if "point_coords" in feeds:
+            prompts = len(feeds["point_coords"])
+            self.calls.append((threading.current_thread().name, start, prompts))
+            time.sleep(PROMPT_S * prompts)
+        return self._session.run(names, feeds)
+
+
+class WaitLog(PriorityLock):
+    """A PriorityLock logging when each interactive caller starts and stops waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[float, float]] = []
+
+    def _acquire(self, interactive: bool) -> None:
+        start, reentered = time.monotonic(), self._owner == threading.get_ident()
+        super()._acquire(interactive)
+        if interactive and not reentered:
+            self.waits.append((start, time.monotonic()))
+
+
+def test_click_during_an_onnx_everything_job_waits_for_one_step(tiny_sam, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mobile_sam.onnx.export import export_onnx
+    from mobile_sam.onnx.runtime import OnnxPredictor, create_session
+
+    export_onnx(tiny_sam, tmp_path / "bundle")
+    calls: list = []
+    model = OnnxPredictor(tmp_path / "bundle",
+                          session_factory=lambda path, threads: SlowSession(
+                              create_session(path, threads), calls))
+    app = create_app(model)
+    app.state.engine.lock = lock = WaitLog()
+    with BackgroundServer(app) as server:
+        image_id = upload(server.url)
+        results: dict = {}
+        # 256 prompts in batches of 64 (the default): seconds of decoder calls.
+        thread = threading.Thread(target=lambda: results.update(everything=httpx.post(
+            f"{server.url}v1/images/{image_id}/everything", json={"points_per_side": 16},
+            timeout=60), everything_end=time.monotonic()))
+        thread.start()
+        wait_until(lambda: sum(n for _, _, n in calls) >= 24)  # inside the job's first batch
+        lock.waits.clear()
+        click = httpx.post(f"{server.url}v1/images/{image_id}/predict", timeout=30,
+                           json={"point_coords": [[40, 30]], "point_labels": [1]})
+        clicked = time.monotonic()
+        thread.join(60)
+    assert click.status_code == 200, click.text
+    assert results["everything"].status_code == 200, results["everything"].text
+    job_calls = [(start, n) for name, start, n in calls if name.startswith("mobile-sam-job")]
+    assert sum(n for _, n in job_calls) == 256  # the job went on to the end
+    assert clicked < results["everything_end"]
+    # The job yields the lock after every decoder step: no step of it starts while the
+    # click waits (holding the lock for a whole batch, it would start the rest of the batch).
+    [(waited_from, waited_to)] = lock.waits
+    assert [n for start, n in job_calls if waited_from <= start < waited_to] == []
+    assert max(n for _, n in job_calls) == 1
 
 
 def test_disconnect_cancels_the_job(tiny_sam, slow):

@@ -268,6 +268,9 @@ class OnnxPredictor:
                                  f"[height, width], got {list(mask_input_size)}")
         self.mask_input_size: tuple[int, int] = (mask_input_size[0], mask_input_size[1])
         self.transform = ResizeLongestSide(self.image_size)
+        # Prompts per decoder step of predict_point_batch (SamPredictor's name): the server
+        # sets 1 for an "everything" job, which yields the engine between steps.
+        self.cpu_decoder_batch = _PROMPTS_PER_CALL
         self.is_image_set = False
         self.features: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
@@ -283,7 +286,7 @@ class OnnxPredictor:
         """A `cls` (this class or a subclass) on the same sessions, with no image set."""
         other = cls.__new__(cls)
         for name in ("folder", "info", "encoder", "decoder", "precision", "backend",
-                     "image_size", "mask_input_size", "transform"):
+                     "image_size", "mask_input_size", "transform", "cpu_decoder_batch"):
             setattr(other, name, getattr(self, name))
         other.reset_image()
         return other
@@ -465,7 +468,13 @@ class OnnxPredictor:
         point_coords, point_labels = pack_prompts(
             points, np.ones(points.shape[:2], np.int64), None, original_size=self.original_size,
             long_side=self.transform.target_length)
-        low_res, iou = self._decode(point_coords, point_labels, None)
+        # Decoded in steps of cpu_decoder_batch prompts (as SamPredictor on a CPU), so that a
+        # caller can run other work between steps (the server lets clicks in there).
+        step = self.cpu_decoder_batch
+        parts = [self._decode(point_coords[i:i + step], point_labels[i:i + step], None)
+                 for i in range(0, max(len(point_coords), 1), step)]
+        low_res = np.concatenate([part[0] for part in parts])
+        iou = np.concatenate([part[1] for part in parts])
         return low_res[:, 1:], iou[:, 1:]
 
     def upscale_logits(self, low_res_logits: np.ndarray) -> np.ndarray:

@@ -86,9 +86,9 @@ class _EntryPredictor:
             return super().predict_point_batch(points, min_iou, half_precision)
 
     def _decode(self, *args: Any, **kwargs: Any) -> Any:
-        # A job's batch is decoded a few prompts at a time (SamPredictor.cpu_decoder_batch on
-        # a CPU; OnnxPredictor's session calls); taking the lock per step lets a click in
-        # after a few prompts, not 64.
+        # A job's batch is decoded one prompt per step (cpu_decoder_batch, set in bind, read
+        # by the predict_point_batch of SamPredictor on a CPU and of OnnxPredictor); taking
+        # the lock per step lets a click in after one prompt, not a whole batch of 64.
         if self._job is None:  # the caller holds the lock already
             return super()._decode(*args, **kwargs)
         with self._turn():
