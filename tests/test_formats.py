@@ -226,33 +226,48 @@ def test_yolo_label_missing_from_classes(images):
 
 # ------------------------------------------------------------------------------ LabelMe
 
-# The fields LabelMe's LabelFile reads, with their JSON types (None: null allowed).
-LABELME_SCHEMA = {
-    "required": {"version": str, "flags": dict, "shapes": list, "imagePath": str,
-                 "imageData": (str, type(None)), "imageHeight": int, "imageWidth": int},
-    "shape": {"label": str, "points": list, "group_id": (int, type(None)),
-              "shape_type": str, "flags": dict, "description": str},
-}
+# What LabelMe 5's loader (labelme/label_file.py) reads and requires, and X-AnyLabeling's
+# loader besides: the keys a file must have, and the JSON types of each key where present.
+JSON_NUMBER = (int, float)
+NULL = type(None)
+LABELME_REQUIRED = ("imagePath", "imageData", "shapes")
+LABELME_TYPES = {"version": str, "flags": dict, "shapes": list, "imagePath": str,
+                 "imageData": (str, NULL), "imageHeight": (int, NULL), "imageWidth": (int, NULL)}
+SHAPE_REQUIRED = ("label", "points", "shape_type")
+SHAPE_TYPES = {"label": str, "points": list, "shape_type": str, "flags": (dict, NULL),
+               "description": (str, NULL), "group_id": (int, NULL),
+               "mask": (str, NULL),  # a base64 PNG: only for "mask" shapes
+               "score": (*JSON_NUMBER, NULL)}  # X-AnyLabeling's model confidence
+
+
+def is_a(value, kind) -> bool:
+    """isinstance for JSON values: a bool is not an int or a float."""
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
 
 
 def check_labelme(data: dict) -> list[str]:
-    """Problems of a LabelMe file against LABELME_SCHEMA (empty when it is valid)."""
-    problems = []
-    for key, kind in LABELME_SCHEMA["required"].items():
-        if key not in data:
-            problems.append(f"missing {key}")
-        elif not isinstance(data[key], kind):
-            problems.append(f"{key} is {type(data[key]).__name__}")
-    for i, shape in enumerate(data.get("shapes", [])):
-        for key, kind in LABELME_SCHEMA["shape"].items():
-            if not isinstance(shape.get(key, ...), kind):
-                problems.append(f"shapes[{i}].{key} is {type(shape.get(key, ...)).__name__}")
-        points = shape.get("points", [])
+    """Problems LabelMe's or X-AnyLabeling's loader would have with a file (empty if none)."""
+    problems = [f"missing {key}" for key in LABELME_REQUIRED if key not in data]
+    problems += [f"{key} is {type(data[key]).__name__}" for key, kind in LABELME_TYPES.items()
+                 if key in data and not is_a(data[key], kind)]
+    if not all(isinstance(k, str) and isinstance(v, bool)
+               for k, v in (data.get("flags") or {}).items()):
+        problems.append("flags are not str -> bool")
+    for i, shape in enumerate(data.get("shapes") or []):
+        problems += [f"shapes[{i}] misses {key}" for key in SHAPE_REQUIRED if key not in shape]
+        problems += [f"shapes[{i}].{key} is {type(shape[key]).__name__}"
+                     for key, kind in SHAPE_TYPES.items()
+                     if key in shape and not is_a(shape[key], kind)]
+        if not all(isinstance(k, str) and isinstance(v, bool)
+                   for k, v in (shape.get("flags") or {}).items()):
+            problems.append(f"shapes[{i}].flags are not str -> bool")
+        points = shape.get("points") or []
+        if not points or not all(isinstance(p, list) and len(p) == 2
+                                 and all(is_a(v, JSON_NUMBER) for v in p) for p in points):
+            problems.append(f"shapes[{i}].points are not a non-empty list of [x, y] numbers")
+        # Our own bar: every shape is a polygon LabelMe can fill.
         if shape.get("shape_type") != "polygon" or len(points) < 3:
             problems.append(f"shapes[{i}] is not a polygon of >= 3 points")
-        if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, float) for v in p)
-                   for p in points):
-            problems.append(f"shapes[{i}].points are not [x, y] floats")
     return problems
 
 
@@ -274,11 +289,20 @@ def test_labelme_files_have_the_fields_labelme_reads(images, tmp_path):
         assert check_labelme(data) == []
         assert data["imagePath"] == "../images/" + image.file_name
         assert (data["imageHeight"], data["imageWidth"]) == (H, W) and data["imageData"] is None
+        assert all(s["mask"] is None and s["flags"] == {} for s in data["shapes"])
     # The schema check can fail.
     broken = json.loads(paths[0].read_text())
-    del broken["imageHeight"]
-    broken["shapes"][0]["points"] = [[1, 2]]
-    assert len(check_labelme(broken)) == 3
+    del broken["imageData"]
+    broken["imageHeight"] = "60"
+    broken["shapes"][0]["points"] = [[1, True]]
+    broken["shapes"][0]["group_id"] = False
+    broken["shapes"][1]["flags"] = {"x": 1}
+    del broken["shapes"][1]["label"]
+    assert check_labelme(broken) == [
+        "missing imageData", "imageHeight is str", "shapes[0].group_id is bool",
+        "shapes[0].points are not a non-empty list of [x, y] numbers",
+        "shapes[0] is not a polygon of >= 3 points", "shapes[1] misses label",
+        "shapes[1].flags are not str -> bool"]
 
 
 def test_labelme_parts_share_a_group_and_fill_back(images, masks):
@@ -288,6 +312,8 @@ def test_labelme_parts_share_a_group_and_fill_back(images, masks):
     dogs = [s for s in data["shapes"] if s["label"] == "dog"]
     assert len(cats) == 2 and cats[0]["group_id"] == cats[1]["group_id"] == 1
     assert len(dogs) == 1 and dogs[0]["group_id"] is None
+    assert [s["score"] for s in cats + dogs] == [0.9, 0.9, 0.75]
+    assert [s["description"] for s in cats + dogs] == ["score 0.9000"] * 2 + ["score 0.7500"]
     assert iou(labelme_fill(cats), masks["holed"]) >= 0.98
     assert iou(labelme_fill(dogs), masks["ellipse"]) >= 0.98
     assert labelme_json(AnnotatedImage("e.png", 4, 4))["shapes"] == []

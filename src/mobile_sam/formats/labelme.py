@@ -23,6 +23,12 @@ def labelme_json(image: AnnotatedImage, tolerance: float = 1.0,
     expressed and are filled. Empty masks are left out. ``imagePath`` is ``image_path``, by
     default the ``file_name`` (LabelMe resolves it relative to the JSON file); ``imageData``
     is null (LabelMe then reads the image file).
+
+    The fields are those LabelMe 5 reads and writes itself: a shape's ``flags`` are a dict of
+    str -> bool, ``group_id`` an int or null, ``mask`` null (polygon shapes carry no mask
+    image), ``description`` a str (here the model's score, shown in LabelMe's label list).
+    ``score`` (a number, or null for a mask no model made) is X-AnyLabeling's field for a
+    model's confidence; LabelMe keeps such extra keys when it saves the file.
     """
     masks = image_masks(image)
     shapes: list[dict[str, Any]] = []
@@ -41,6 +47,8 @@ def labelme_json(image: AnnotatedImage, tolerance: float = 1.0,
                 "description": "" if ann.score is None else f"score {ann.score:.4f}",
                 "shape_type": "polygon",
                 "flags": {},
+                "mask": None,
+                "score": None if ann.score is None else float(ann.score),
             })
     return {
         "version": LABELME_VERSION,
