@@ -5,19 +5,52 @@ shared 2-core machine are noisy, ratios much less so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("MOBILE_SAM_REFERENCE", REPO.parent / "shared" / "reference"))
-FIXTURE_CHECKPOINT = REFERENCE / "fixture_a" / "checkpoint.pt"
+# The golden fixture's folder, as for the tests: tests/data (fixture_a with its checkpoint
+# packed), or a full reference folder given by MOBILE_SAM_REFERENCE.
+REFERENCE = Path(os.environ.get("MOBILE_SAM_REFERENCE", REPO / "tests" / "data"))
+BUS_PHOTO = REPO / "examples" / "bus_480x640.png"
+
+
+def fixture_checkpoint(reference: Path = REFERENCE) -> Path:
+    """fixture_a's vit_t checkpoint.pt (random weights, official layout): the file itself in
+    a full reference folder, else rebuilt once from tests/data's packed form by the tests'
+    reader (tests/conftest.py) into the temporary folder, where later runs find it."""
+    recorded = reference / "fixture_a" / "checkpoint.pt"
+    if recorded.is_file():
+        return recorded
+    environ = dict(os.environ)  # conftest sets test defaults (backend, cache folder) on import
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from conftest import CHECKPOINT_PACKED, rebuild_checkpoint
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+        os.environ.clear()
+        os.environ.update(environ)
+    packed = reference / "fixture_a" / CHECKPOINT_PACKED
+    if not packed.is_file():
+        raise FileNotFoundError(f"{recorded} and {packed} not found: set MOBILE_SAM_REFERENCE "
+                                f"to a folder holding fixture_a/ (default tests/data)")
+    digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"mobile_sam_fixture_a_{digest}.pt"
+    if not out.is_file():
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+        rebuild_checkpoint(packed, partial)
+        os.replace(partial, out)
+    return out
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, median_seconds, run_isolated, table  # noqa: E402
+from _common import BUS_PHOTO, fixture_checkpoint, machine, median_seconds, run_isolated, table  # noqa: E402
 
 
 def _setup(checkpoint: str, threads: int):
@@ -24,7 +24,7 @@ def _setup(checkpoint: str, threads: int):
 
     torch.set_num_threads(threads)
     model = sam_model_registry["vit_t"](checkpoint=checkpoint)
-    photo = np.asarray(Image.open(REFERENCE / "images" / "bus_480x640.png").convert("RGB"))
+    photo = np.asarray(Image.open(BUS_PHOTO).convert("RGB"))
     photo = np.ascontiguousarray(photo.transpose(1, 0, 2)) if photo.shape[0] > photo.shape[1] else photo
     return model, SamPredictor(model), photo
 
@@ -68,9 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--checkpoint", default=str(FIXTURE_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=None, help="vit_t checkpoint (default: fixture_a's)")
     parser.add_argument("--skip-everything", action="store_true")
     args = parser.parse_args()
+    args.checkpoint = args.checkpoint or str(fixture_checkpoint())
     items = [("image encoder 1x3x1024x1024", bench_encoder),
              ("set_image 640x480 photo", bench_set_image),
              ("predict 1 point, multimask", bench_predict)]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, machine, table  # noqa: E402
+from _common import fixture_checkpoint, machine, table  # noqa: E402
 
 
 def _make_images(folder: Path, n: int, size: tuple[int, int]) -> None:
@@ -72,9 +72,10 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2", help="comma-separated loader worker counts")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps (+1 warm-up)")
-    parser.add_argument("--teacher", default=str(FIXTURE_CHECKPOINT))
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint (default: fixture_a's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.teacher = args.teacher or str(fixture_checkpoint())
 
     import torch
 

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO.parent / "shared" / "reference" / "fixture_a" / "checkpoint.pt"
-DEFAULT_MODEL = str(FIXTURE) if FIXTURE.is_file() else "vit_t"  # speed does not depend on weights
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BUS_PHOTO, fixture_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint name or path")
+    parser.add_argument("--model", default=None, help="checkpoint name or path (default: "
+                        "fixture_a's random-weight vit_t: speed does not depend on weights)")
     parser.add_argument("--onnx", default=None, help="an existing export folder (with int8)")
     parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per column")
     parser.add_argument("--points", type=int, default=64, help="prompts in the batched decoder row")
-    parser.add_argument("--image", default=str(REPO / "examples" / "bus_480x640.png"))
+    parser.add_argument("--image", default=str(BUS_PHOTO))
     return parser.parse_args(argv)
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from mobile_sam.weights import resolve_checkpoint
 
     torch.set_num_threads(args.threads)
-    checkpoint = resolve_checkpoint(args.model)
+    checkpoint = resolve_checkpoint(args.model or fixture_checkpoint())
     model = load_sam(checkpoint)
     image = load_image(args.image)
     tmp = None

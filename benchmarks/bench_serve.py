@@ -33,9 +33,10 @@ from PIL import Image
 from mobile_sam.build import build_sam, load_sam
 from mobile_sam.serve import BackgroundServer, create_app
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = [REPO / "examples" / "bus_480x640.png",
-          REPO.parent / "shared" / "reference" / "fixture_a" / "dog_517x333.png"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BUS_PHOTO, REFERENCE  # noqa: E402
+
+IMAGES = [BUS_PHOTO, REFERENCE / "fixture_a" / "dog_517x333.png"]
 
 
 def image_bytes(count: int) -> list[bytes]:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, Worker, machine, run_isolated, table  # noqa: E402
+from _common import BUS_PHOTO, Worker, fixture_checkpoint, machine, run_isolated, table  # noqa: E402
 
 POINTS = [[320.0, 240.0], [100.0, 400.0], [500.0, 120.0], [250.0, 60.0], [600.0, 450.0]]
 PAUSE = 0.2  # seconds between two timed calls (of different workers)
@@ -37,7 +37,7 @@ def _photo():
     import numpy as np
     from PIL import Image
 
-    bus = np.asarray(Image.open(REFERENCE / "images" / "bus_480x640.png").convert("RGB"))
+    bus = np.asarray(Image.open(BUS_PHOTO).convert("RGB"))
     return np.ascontiguousarray(np.rot90(bus))  # 640 wide, 480 high
 
 
@@ -47,7 +47,7 @@ def _model(threads: int):
     from mobile_sam import sam_model_registry
 
     torch.set_num_threads(threads)
-    return sam_model_registry["vit_t"](checkpoint=str(FIXTURE_CHECKPOINT))
+    return sam_model_registry["vit_t"](checkpoint=str(fixture_checkpoint()))
 
 
 def _as_original(model):
