@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     from mobile_sam.onnx import OnnxPredictor
     from mobile_sam.onnx.export import export_onnx
     from mobile_sam.predictor import SamPredictor
-    from mobile_sam.transforms import prepare_image
     from mobile_sam.weights import resolve_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     int8 = OnnxPredictor(folder, precision="int8", threads=args.threads)
     for p in (torch_p, fp32, int8):
         p.set_image(image)
-    prepared, _ = prepare_image(image, fp32.image_size)
+    prepared, _ = fp32.prepare(image)
     x = torch.from_numpy(prepared)
     point = (np.array([[image.shape[1] * 0.5, image.shape[0] * 0.5]]), np.array([1]))
     rng = np.random.default_rng(0)

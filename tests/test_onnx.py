@@ -371,6 +371,37 @@ def test_tiny_automatic_matches_torch(tiny_pair, tiny_sam, tiny_exported, tiny_i
         assert mask_iou(M.rle_to_mask(g["segmentation"]), M.rle_to_mask(w["segmentation"])) >= 0.99
 
 
+def test_export_records_and_runtime_uses_the_models_pixel_statistics(
+        tiny_sam, tiny_exported, tiny_image, tmp_path):
+    from mobile_sam.modeling import Sam
+
+    mean, std = [10.0, 200.0, 50.0], [30.0, 80.0, 20.0]
+    custom = Sam(tiny_sam.image_encoder, tiny_sam.prompt_encoder, tiny_sam.mask_decoder,
+                 pixel_mean=mean, pixel_std=std).eval()  # tiny_sam's modules, in eval mode
+    E.export_onnx(custom, tmp_path / "custom")
+    info = load_model_info(tmp_path / "custom")
+    assert (info["pixel_mean"], info["pixel_std"]) == (mean, std)
+    want = SamPredictor(custom)
+    want.set_image(tiny_image)
+    got = OnnxPredictor(tmp_path / "custom")
+    got.set_image(tiny_image)
+    np.testing.assert_allclose(got.get_image_embedding(), want.get_image_embedding().numpy(),
+                               atol=1e-4, rtol=0)
+    sam_stats = OnnxPredictor(tiny_exported)
+    sam_stats.set_image(tiny_image)  # the same weights with SAM's statistics: another input
+    assert np.abs(sam_stats.get_image_embedding() - got.get_image_embedding()).max() > 1e-2
+    # A folder that records no statistics (an older export) uses SAM's; bad ones are named.
+    older = without(tmp_path / "custom", tmp_path / "older")
+    info = load_model_info(older)
+    del info["pixel_mean"], info["pixel_std"]
+    (older / "model.json").write_text(json.dumps(info))
+    assert OnnxPredictor(older).normalization == (R.PIXEL_MEAN, R.PIXEL_STD)
+    for key, value in [("pixel_std", [1.0, 0.0, 1.0]), ("pixel_mean", [1.0, 2.0])]:
+        (older / "model.json").write_text(json.dumps({**info, key: value}))
+        with pytest.raises(OnnxModelError, match=rf"model.json: {key} must be 3 finite numbers"):
+            OnnxPredictor(older)
+
+
 def test_decoder_options_single_mask_and_stability(tiny_sam, tiny_pair, tmp_path):
     """--single-mask picks SAM's ONNX choice; --stability-score returns stability scores."""
     out = tmp_path / "opts"

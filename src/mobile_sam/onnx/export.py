@@ -2,8 +2,9 @@
 
 Files written into the output folder:
 
-- ``encoder.onnx``: ``image`` 1×3×S×S float32 (resized, normalised, zero-padded: what
-  `mobile_sam.transforms.prepare_image` returns) -> ``image_embeddings`` 1×256×64×64.
+- ``encoder.onnx``: ``image`` 1×3×S×S float32 (resized, normalised with model.json's
+  ``pixel_mean`` and ``pixel_std``, zero-padded: what `mobile_sam.transforms.prepare_image`
+  returns) -> ``image_embeddings`` 1×256×64×64.
 - ``decoder.onnx``: the interface of SAM's own ONNX decoder (``scripts/export_onnx_model.py``
   of segment-anything), for tools built around it. Inputs ``image_embeddings`` 1×256×64×64,
   ``point_coords`` B×N×2 float32 (XY in the resized S-frame, what `ResizeLongestSide.apply_coords`
@@ -48,7 +49,6 @@ from torch import nn
 from .. import __version__
 from ..io import OutputWriteError, save_json
 from ..modeling import Sam
-from ..transforms import PIXEL_MEAN, PIXEL_STD
 
 MIN_OPSET = 14
 DEFAULT_OPSET = 17
@@ -436,7 +436,6 @@ def evaluate_int8(folder: Path, images: Sequence[np.ndarray], *, threads: int | 
     """
     from ..masks import build_point_grid
     from ..prompts import check_image
-    from ..transforms import prepare_image
     from .runtime import OnnxPredictor
 
     predictors = {name: OnnxPredictor(folder, precision=name, threads=threads)
@@ -456,7 +455,7 @@ def evaluate_int8(folder: Path, images: Sequence[np.ndarray], *, threads: int | 
         union = (masks["fp32"] | masks["int8"]).sum(axis=(1, 2))
         ious.extend(np.where(union > 0, inter / np.maximum(union, 1), 1.0).tolist())
     # The encoder's time does not depend on the picture: time it on the first one.
-    prepared, _ = prepare_image(check_image(images[0]), predictors["fp32"].image_size)
+    prepared, _ = predictors["fp32"].prepare(check_image(images[0]))
     for _ in range(repeats):
         for name, predictor in predictors.items():
             start = time.perf_counter()
@@ -581,6 +580,7 @@ def _model_info(sam: Sam, opset: int, source: dict[str, str] | None, single_mask
 
     config = getattr(sam, "config", None)
     pe = sam.prompt_encoder
+    pixel_mean, pixel_std = sam.normalization  # encoder.onnx takes the image normalised
     return {
         "format": "mobile_sam-onnx",
         "format_version": 1,
@@ -588,8 +588,8 @@ def _model_info(sam: Sam, opset: int, source: dict[str, str] | None, single_mask
         "image_size": sam.img_size,
         "embedding_shape": [pe.embed_dim, *pe.image_embedding_size],
         "mask_input_size": list(pe.mask_input_size),
-        "pixel_mean": list(PIXEL_MEAN),
-        "pixel_std": list(PIXEL_STD),
+        "pixel_mean": list(pixel_mean),
+        "pixel_std": list(pixel_std),
         "mask_threshold": float(sam.mask_threshold),
         "opset": opset,
         "source_checkpoint": source,

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..prompts import check_image, check_mask_input, check_points, check_single_box, pack_prompts
-from ..transforms import ResizeLongestSide, mask_upscaler, prepare_image
+from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, mask_upscaler, prepare_image
 
 __all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_openvino_session",
            "create_session", "is_export_folder", "load_model_info", "open_export_folder"]
@@ -191,6 +191,23 @@ def open_export_folder(folder: str | os.PathLike[str], *, backend: str = "auto",
     return OnnxPredictor(folder, precision=precision, threads=threads, backend=backend)
 
 
+def _normalization(path: Path, info: dict[str, Any]
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """model.json's pixel_mean and pixel_std (per RGB channel, 0-255 scale), which the model
+    was trained with; SAM's values for a folder that does not record them."""
+    stats = []
+    for key, default in (("pixel_mean", PIXEL_MEAN), ("pixel_std", PIXEL_STD)):
+        value = info.get(key, default)
+        if (not isinstance(value, list | tuple) or len(value) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           and np.isfinite(v) for v in value)
+                or (key == "pixel_std" and min(value) <= 0)):
+            raise OnnxModelError(f"{path}: {key} must be 3 finite numbers (R, G, B)"
+                                 f"{', all > 0' if key == 'pixel_std' else ''}, got {value!r}")
+        stats.append(tuple(float(v) for v in value))
+    return stats[0], stats[1]
+
+
 def _names(items: Any) -> tuple[str, ...]:
     return tuple(item.name for item in items)
 
@@ -267,6 +284,7 @@ class OnnxPredictor:
             raise OnnxModelError(f"{self.folder / MODEL_JSON}: mask_input_size must be "
                                  f"[height, width], got {list(mask_input_size)}")
         self.mask_input_size: tuple[int, int] = (mask_input_size[0], mask_input_size[1])
+        self.normalization = _normalization(self.folder / MODEL_JSON, self.info)
         self.transform = ResizeLongestSide(self.image_size)
         # Prompts per decoder step of predict_point_batch (SamPredictor's name): the server
         # sets 1 for an "everything" job, which yields the engine between steps.
@@ -286,7 +304,8 @@ class OnnxPredictor:
         """A `cls` (this class or a subclass) on the same sessions, with no image set."""
         other = cls.__new__(cls)
         for name in ("folder", "info", "encoder", "decoder", "precision", "backend",
-                     "image_size", "mask_input_size", "transform", "cpu_decoder_batch"):
+                     "image_size", "mask_input_size", "normalization", "transform",
+                     "cpu_decoder_batch"):
             setattr(other, name, getattr(self, name))
         other.reset_image()
         return other
@@ -306,8 +325,13 @@ class OnnxPredictor:
         """Always "cpu": the sessions run on the CPU."""
         return "cpu"
 
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """H, W, 3 uint8 RGB -> the encoder's 1×3×S×S float32 input and the resized (h', w'):
+        `mobile_sam.transforms.prepare_image` with the model's pixel mean and std."""
+        return prepare_image(image, self.image_size, *self.normalization)
+
     def encode(self, image: np.ndarray) -> np.ndarray:
-        """1×3×S×S float32 (from `mobile_sam.transforms.prepare_image`) -> 1×C×h×w embedding."""
+        """1×3×S×S float32 (from `prepare`) -> 1×C×h×w embedding."""
         embedding: np.ndarray = self.encoder.run(["image_embeddings"], {"image": image})[0]
         return embedding
 
@@ -315,7 +339,7 @@ class OnnxPredictor:
         """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see
         `mobile_sam.prompts.check_image`)."""
         image = check_image(image, image_format, long_side=self.image_size)
-        prepared, input_size = prepare_image(image, self.image_size)
+        prepared, input_size = self.prepare(image)
         features = self.encode(prepared)
         self.reset_image()
         self.features = features
