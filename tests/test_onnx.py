@@ -371,6 +371,31 @@ def test_tiny_automatic_matches_torch(tiny_pair, tiny_sam, tiny_exported, tiny_i
         assert mask_iou(M.rle_to_mask(g["segmentation"]), M.rle_to_mask(w["segmentation"])) >= 0.99
 
 
+def test_prompt_arrays_feed_the_decoder_graph_as_they_are(tiny_pair, tiny_exported):
+    """prompt_arrays gives the dtypes decoder.onnx declares (no cast needed in a plain
+    onnxruntime session) and the torch path's prompts: the same masks."""
+    import onnxruntime as ort
+
+    torch_p, onnx_p = tiny_pair
+    session = ort.InferenceSession(str(tiny_exported / "decoder.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    declared = {i.name: i.type for i in session.get_inputs()}
+    assert declared["point_coords"] == declared["point_labels"] == "tensor(float)"
+    points, point_kinds, rect = np.array([[40.0, 30.0], [60, 40]]), np.array([1, 0]), \
+        np.array([10, 12, 90, 70])
+    for coords, labels, box in [(points, point_kinds, None), (None, None, rect),
+                                (points, point_kinds, rect)]:
+        point_coords, point_labels = onnx_p.prompt_arrays(coords, labels, box)
+        assert point_coords.dtype == point_labels.dtype == np.float32
+        out = session.run(["low_res_masks"], {
+            "image_embeddings": onnx_p.get_image_embedding(), "point_coords": point_coords,
+            "point_labels": point_labels, "mask_input": np.zeros((1, 1, 64, 64), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array(onnx_p.original_size, np.float32)})[0]
+        _, _, want = torch_p.predict(coords, labels, box, multimask_output=True)
+        np.testing.assert_allclose(out[0, 1:], want, atol=2e-4, rtol=0)
+
+
 def test_export_records_and_runtime_uses_the_models_pixel_statistics(
         tiny_sam, tiny_exported, tiny_image, tmp_path):
     from mobile_sam.modeling import Sam

@@ -447,15 +447,17 @@ class OnnxPredictor:
                       boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """SAM's ONNX prompt convention for one prompt: points (N, 2 original pixels) with
         labels (N,) and a box (1, 4 XYXY) -> point_coords 1×N'×2 float32 in the resized frame
-        and point_labels 1×N' (see `mobile_sam.prompts.pack_prompts`: the box becomes two
-        points labelled 2 and 3 after the points; without a box, a (0, 0) point labelled -1
-        is appended to the points).
+        and point_labels 1×N' float32 (see `mobile_sam.prompts.pack_prompts`: the box becomes
+        two points labelled 2 and 3 after the points; without a box, a (0, 0) point labelled
+        -1 is appended to the points). Both are the decoder graphs' input types, so they feed
+        ``decoder.onnx`` as they are; the labels are the torch path's (int64 there).
         """
         self._require_image()
-        return pack_prompts(None if coords is None else np.asarray(coords)[None],
-                            None if labels is None else np.asarray(labels)[None], boxes,
-                            original_size=self.original_size,
-                            long_side=self.transform.target_length)
+        point_coords, point_labels = pack_prompts(
+            None if coords is None else np.asarray(coords)[None],
+            None if labels is None else np.asarray(labels)[None], boxes,
+            original_size=self.original_size, long_side=self.transform.target_length)
+        return point_coords, point_labels.astype(np.float32)
 
     def _decode(self, point_coords: np.ndarray, point_labels: np.ndarray,
                 mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
