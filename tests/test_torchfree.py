@@ -285,3 +285,40 @@ def test_torch_names_say_what_to_install_when_torch_is_missing():
     assert result.stdout.startswith("MissingDependencyError mobile_sam.sam_model_registry "
                                     "needs torch")
     assert 'pip install "mobile_sam[torch]"' in result.stdout
+
+
+# ------------------------------------------------------------------------------ Docker image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docker_instructions(path: Path) -> list[tuple[str, str]]:
+    """A Dockerfile's instructions as (KEYWORD, arguments with single spaces), continuation
+    lines joined and comments left out."""
+    joined = ROOT.joinpath(path).read_text().replace("\\\n", " ")
+    words = [line.split() for line in joined.splitlines()]
+    return [(w[0].upper(), " ".join(w[1:])) for w in words if w and not w[0].startswith("#")]
+
+
+def test_runtime_dockerfile_installs_the_torch_free_extra_as_a_user():
+    import tomllib
+
+    steps = docker_instructions(Path("docker/Dockerfile.runtime"))
+    keywords = [keyword for keyword, _ in steps]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    assert not any("torch" in args.lower() for _, args in steps)
+    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
+    assert installs == ['pip install -c constraints.txt ".[runtime]" && rm -rf /src']
+    # What that line installs: the core dependencies and the runtime extra, none of them torch.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["runtime"]
+    assert not [r for r in wanted if r.lower().startswith(("torch", "torchvision", "timm"))]
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert keywords.index("USER") > max(i for i, (k, a) in enumerate(steps) if k == "RUN")
+    [healthcheck] = [args for keyword, args in steps if keyword == "HEALTHCHECK"]
+    assert "/health" in healthcheck.split("CMD", 1)[1]
+    env = " ".join(args for keyword, args in steps if keyword == "ENV")
+    assert "MOBILE_SAM_MODEL=/models/mobile_sam_onnx" in env.split()
+    assert ("ENTRYPOINT", '["mobile-sam-entrypoint"]') in steps
+    assert ("COPY", "docker/entrypoint.sh /usr/local/bin/mobile-sam-entrypoint") in steps
