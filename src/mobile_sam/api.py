@@ -288,8 +288,9 @@ class SAM:
     the download cache and fetched when absent, see :func:`mobile_sam.weights.resolve_checkpoint`),
     a checkpoint path, or a :class:`~mobile_sam.modeling.Sam` instance. ``device``: torch
     device; None keeps an instance where it is and puts a loaded model on the CPU.
-    ``backend``, ``precision``: where the model runs, as for :class:`SamPredictor`
-    (``"auto"``/``"fp32"``: the fastest installed backend with fp32 results).
+    ``backend``, ``precision``, ``conversion``: where the model runs and what runs while it is
+    converted, as for :class:`SamPredictor` (``"auto"``/``"fp32"``: the fastest installed
+    backend with fp32 results).
 
     The image embedding of the last source is kept: predicting the same pixels again (same
     array, file or image content) only runs the decoder.
@@ -297,7 +298,7 @@ class SAM:
 
     def __init__(self, model: str | os.PathLike[str] | Sam = "vit_t",
                  device: str | torch.device | None = None, *, backend: str = "auto",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", conversion: str | None = None) -> None:
         if isinstance(model, Sam):
             sam = model
         elif isinstance(model, (str, os.PathLike)):
@@ -310,7 +311,8 @@ class SAM:
         if device is not None or not isinstance(model, Sam):
             sam = sam.to(torch.device(device if device is not None else "cpu"))
         self.model = sam.eval()
-        self.predictor = SamPredictor(self.model, backend=backend, precision=precision)
+        self.predictor = SamPredictor(self.model, backend=backend, precision=precision,
+                                      conversion=conversion)
         self._image_key: tuple[Any, ...] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Result]:

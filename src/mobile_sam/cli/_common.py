@@ -35,7 +35,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto (default): OpenVINO if installed, else onnxruntime, else torch")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="encoder precision: fp32 (default), bf16 (openvino), int8 (onnxruntime)")
+                        help="encoder precision: fp32 (default), auto (bf16 where the CPU makes it "
+                             "faster: AMX; else fp32), bf16 (openvino), int8 (openvino with "
+                             "NNCF, or onnxruntime)")
 
 
 def set_threads(threads: int | None) -> None:
