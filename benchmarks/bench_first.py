@@ -5,8 +5,8 @@ eager torch path of the same call, measured in the same rounds.
     python benchmarks/bench_first.py [--rounds 3] [--checkpoint PATH] [--image PATH]
 
 Every measurement is its own process, so "first" means first. Each round runs every path once,
-one after the other (eager, cold, warm for Python, then for the command line); a ratio is a
-path's time over eager's in the same round, and the table gives the median ratio over the
+one after the other (eager, cold, warm for Python, then for the command line, the order
+rotating from round to round); a ratio is a path's time over eager's in the same round, and the table gives the median ratio over the
 rounds (min-max in brackets).
 
 - Python: `SamPredictor(model)` (the defaults: backend and precision "auto", conversion in the
@@ -96,15 +96,16 @@ def main() -> None:
         python_run(warm, args.checkpoint, args.image, "auto")
         for r in range(args.rounds):
             cold = work / f"cold-{r}"
-            for name, home, backend in (("py eager", work / "eager", "torch"),
-                                        ("py cold", cold / "py", "auto"),
-                                        ("py warm", warm, "auto")):
+            py_paths = [("py eager", work / "eager", "torch"), ("py cold", cold / "py", "auto"),
+                        ("py warm", warm, "auto")]
+            cli_paths = [("cli eager", work / "eager", "torch"), ("cli cold", cold / "cli", "auto"),
+                         ("cli warm", warm, "auto")]
+            turn = r % 3  # the order rotates: no path always runs first (the load drifts)
+            for name, home, backend in py_paths[turn:] + py_paths[:turn]:
                 first, total = python_run(home, args.checkpoint, args.image, backend)
                 times.setdefault(name, []).append(first)
                 times.setdefault(name + " exit", []).append(total)
-            for name, home, backend in (("cli eager", work / "eager", "torch"),
-                                        ("cli cold", cold / "cli", "auto"),
-                                        ("cli warm", warm, "auto")):
+            for name, home, backend in cli_paths[turn:] + cli_paths[:turn]:
                 times.setdefault(name, []).append(
                     cli_run(home, args.checkpoint, args.image, backend, work / "out"))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),

@@ -212,14 +212,13 @@ def _convert(module: torch.nn.Module, example: tuple, shapes: list[list[int]]):
 def decoder_graphs_folder(model: Sam) -> Path:
     """The cache folder of `model`'s converted decoder graphs (`cached_decoder_graphs`): keyed
     by the decoder's and prompt encoder's weights, the graphs' source files, and the torch
-    and OpenVINO versions."""
-    import openvino as ov
-
+    and OpenVINO versions (read from the package metadata: no import of openvino only to find
+    out whether the graphs are cached)."""
     decoder, encoder = model.mask_decoder, model.prompt_encoder
     key = graph_key([decoder, encoder], [FullDecoder(decoder, encoder)], [_graphs, _convert],
                     length=24)
     return cache_dir() / "openvino" / (f"decoder-{key}-torch{torch.__version__}"
-                                       f"-ov{ov.__version__.split('-')[0]}")
+                                       f"-ov{_version('openvino')}")
 
 
 def cached_decoder_graphs(model: Sam) -> dict[str, Path]:
