@@ -3,6 +3,7 @@ automatic generator, result objects, errors. Models are tiny (see conftest) to s
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pycocotools import mask as coco_mask
 
 from conftest import tiny_sam_config
 from mobile_sam import build, weights
-from mobile_sam.api import SAM, Prompts, Result, check_prompts_in_image, normalize_prompts
+from mobile_sam.api import SAM, Masks, Prompts, Result, check_prompts_in_image, normalize_prompts
 from mobile_sam.automatic import SamAutomaticMaskGenerator
 from mobile_sam.masks import masks_to_boxes
 from mobile_sam.predictor import SamPredictor
@@ -244,7 +245,7 @@ def test_result_outputs(sam, image, tmp_path: Path) -> None:
         np.testing.assert_array_equal(coco_decode(rec["segmentation"]), mask)
         assert rec["area"] == int(mask.sum())
         x0, y0, x1, y1 = box.tolist()
-        assert rec["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert rec["bbox"] == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]  # the pixels' extent
     paths = result.save_masks(tmp_path / "m")
     assert [p.name for p in paths] == ["bus_480x640_mask_0.png", "bus_480x640_mask_1.png"]
     for path, mask in zip(paths, result.masks, strict=True):
@@ -383,7 +384,7 @@ def test_result_is_a_plain_dataclass(image) -> None:
     masks[0, 1:3, 2:4] = True
     result = Result(orig_img=image[:4, :5], masks=masks, scores=np.array([0.5], np.float32))
     assert result.boxes.tolist() == [[2.0, 1.0, 3.0, 2.0]]
-    assert result.to_coco()[0]["bbox"] == [2, 1, 1, 1]
+    assert result.to_coco()[0]["bbox"] == [2, 1, 2, 2]
 
 
 def test_backend_and_precision_reach_the_predictor(tiny_sam):
@@ -392,3 +393,134 @@ def test_backend_and_precision_reach_the_predictor(tiny_sam):
         SAM(tiny_sam, backend="tensorrt")
     with pytest.raises(RuntimeError, match="precision 'bf16' is not available on backend 'torch'"):
         SAM(tiny_sam, backend="torch", precision="bf16")
+
+
+# ----------------------------------------------------------------- Ultralytics-shaped results
+
+
+def shapes_result(image: np.ndarray, **kwargs) -> Result:
+    """A result holding known masks: a disk, a disk plus a separate square, an empty mask."""
+    h, w = 120, 160
+    ys, xs = np.mgrid[:h, :w]
+    disk = (ys - 50) ** 2 + (xs - 60) ** 2 < 30**2
+    two = disk.copy()
+    two[90:110, 120:150] = True
+    masks = np.stack([disk, two, np.zeros((h, w), bool)])
+    return Result(orig_img=image[:h, :w], masks=masks,
+                  scores=np.array([0.9, 0.8, 0.1], np.float32), **kwargs)
+
+
+def test_masks_have_data_xy_xyn_and_stay_an_array(image) -> None:
+    import cv2
+
+    result = shapes_result(image)
+    masks = result.masks
+    data = masks.data
+    assert isinstance(data, np.ndarray) and data.dtype == bool and data.shape == (3, 120, 160)
+    assert masks.shape == (3, 120, 160) and len(masks) == 3 and result.orig_shape == (120, 160)
+    # Still the bool array it was: numpy conversion, methods, operators, indexing.
+    assert np.asarray(masks) is data or np.array_equal(np.asarray(masks), data)
+    assert masks.dtype == bool and int(masks.sum()) == int(data.sum())
+    np.testing.assert_array_equal(masks[0] & ~masks[1], data[0] & ~data[1])
+    assert isinstance(masks[1:], Masks) and np.array_equal(masks[1].data, data[1])
+    assert [m.shape for m in masks] == [(120, 160)] * 3
+    xy, xyn = masks.xy, masks.xyn
+    assert len(xy) == 3 and all(p.dtype == np.float32 and p.shape[1] == 2 for p in xy)
+    assert xy[2].shape == (0, 2)  # empty mask
+    for outline, mask in zip(xy[:2], data[:2], strict=True):
+        cols, rows = outline.astype(int).T
+        assert mask[rows, cols].all()  # every vertex is a pixel of the mask
+        filled = np.zeros(mask.shape, np.uint8)
+        cv2.fillPoly(filled, [outline.astype(np.int32)], 1)
+        assert iou(filled > 0, mask) > 0.97  # the square joined to the disk by a thin link
+    np.testing.assert_array_equal(xyn[1], xy[1] / np.array([160, 120], np.float32))
+
+
+def test_boxes_have_xyxy_xywh_conf_cls_and_stay_an_array(image) -> None:
+    result = shapes_result(image)
+    boxes = result.boxes
+    expected = masks_to_boxes(result.masks.data).astype(np.float32)
+    np.testing.assert_array_equal(boxes.xyxy, expected)
+    np.testing.assert_array_equal(np.asarray(boxes), expected)
+    assert boxes.shape == (3, 4) and boxes.dtype == np.float32 and boxes.data.shape == (3, 6)
+    x0, y0, x1, y1 = expected[0]
+    np.testing.assert_allclose(boxes.xywh[0], [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+    np.testing.assert_allclose(boxes.xyxyn[0], expected[0] / [160, 120, 160, 120])
+    np.testing.assert_array_equal(boxes.conf, result.scores)
+    assert boxes.cls.tolist() == [0, 0, 0] and result.names == {0: "object"}
+    assert boxes[1].xyxy.tolist() == expected[1].tolist()
+
+
+def test_summary_to_json_repr_and_labels(image) -> None:
+    import json
+
+    result = shapes_result(image, names={0: "cat", 1: "dog"}, classes=[1, 0, 1])
+    rows = result.summary()
+    assert [r["name"] for r in rows] == ["dog", "cat", "dog"]
+    assert [r["class"] for r in rows] == [1, 0, 1]
+    assert rows[0]["confidence"] == pytest.approx(0.9)
+    assert rows[0]["box"] == dict(zip(["x1", "y1", "x2", "y2"], result.boxes.xyxy[0].tolist()))
+    np.testing.assert_allclose(rows[1]["segments"]["x"], result.masks.xy[1][:, 0], atol=1e-5)
+    assert rows[2]["segments"] == {"x": [], "y": []}
+    assert json.loads(result.to_json()) == rows
+    normalized = result.summary(normalize=True)
+    assert normalized[0]["box"]["x2"] == pytest.approx(rows[0]["box"]["x2"] / 160, abs=1e-5)
+    assert max(normalized[1]["segments"]["y"]) <= 1.0
+    text = repr(result)
+    assert text.startswith("Result(") and "orig_shape=(120, 160)" in text and len(text) < 200
+    annotated = result.to_annotated_image("x.png")
+    assert [a.label for a in annotated.annotations] == ["dog", "cat", "dog"]
+    assert (annotated.height, annotated.width, annotated.file_name) == (120, 160, "x.png")
+    with pytest.raises(ValueError, match=r"classes \[2\] have no entry in names"):
+        shapes_result(image, names={0: "cat"}, classes=[0, 2, 0])
+
+
+def test_annotated_image_keeps_the_best_mask_per_object(sam, image) -> None:
+    (result,) = sam.predict(image, points=[[240, 400], [100, 100]], multimask_output=True)
+    annotated = result.to_annotated_image()
+    assert annotated.file_name == "image.png" and len(annotated.annotations) == 2
+    for ann, best in zip(annotated.annotations, result.best, strict=True):
+        np.testing.assert_array_equal(ann.mask, result.masks.data[best])
+        assert ann.score == pytest.approx(float(result.scores[best]))
+    assert len(result.to_annotated_image(best_only=False).annotations) == 6
+
+
+def test_ultralytics_predict_options(sam, image, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (result,) = sam.predict(str(BUS), points=[240, 400], imgsz=1024, device="cpu",
+                            verbose=True, save=True)
+    saved = tmp_path / "runs" / "segment" / "predict" / "bus_480x640.png"
+    assert result.save_dir == str(Path("runs/segment/predict"))
+    np.testing.assert_array_equal(read_image(saved), result.plot())
+    out = capsys.readouterr().out
+    assert f"image 1/1 {BUS}: 480x640 1 mask(s)" in out and "Results saved to" in out
+    (again,) = sam(image, points=[240, 400], save=True, imgsz=[1024, 1024])
+    assert (tmp_path / "runs" / "segment" / "predict2" / "image0.png").is_file()
+    assert capsys.readouterr().out == ""  # verbose is off by default
+    assert again.save().name == "results_image.png" and (tmp_path / "results_image.png").is_file()
+    for bad in (640, [1024, 640], True):
+        with pytest.raises(ValueError, match=r"imgsz must be 1024 .* got " + re.escape(repr(bad))):
+            sam.predict(image, points=[240, 400], imgsz=bad)
+    with pytest.raises(ValueError, match="'nonsense' is not a torch device"):
+        sam.predict(image, points=[240, 400], device="nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            sam.predict(image, points=[240, 400], device="cuda:0")
+
+
+@pytest.mark.parametrize(("name", "variant"), [("mobile_sam.pt", "vit_t"), ("sam_b.pt", "vit_b"),
+                                               ("sam_l.pt", "vit_l"), ("sam_h.pt", "vit_h")])
+def test_ultralytics_model_names(name, variant, tiny_checkpoint, tiny_variant, tmp_path,
+                                 monkeypatch, image) -> None:
+    import hashlib
+
+    assert weights.find_checkpoint(name).variant == variant
+    data = tiny_checkpoint.read_bytes()
+    spec = dataclasses.replace(weights.CHECKPOINTS[variant], size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(),
+                               urls=("http://127.0.0.1:9/never",))
+    monkeypatch.setitem(weights.CHECKPOINTS, variant, spec)
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    (tmp_path / spec.file_name).write_bytes(data)  # the variant's own file in the cache
+    assert weights.resolve_checkpoint(name) == tmp_path / spec.file_name
+    assert SAM(name).predict(image, points=[240, 400])[0].masks.shape == (1, 640, 480)

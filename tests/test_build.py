@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -102,8 +103,14 @@ class Evil:
         return (print, ("code ran",))
 
 
+class RunsAShell:
+    def __reduce__(self):
+        return (os.system, ("echo code ran",))
+
+
 @pytest.mark.parametrize(("obj", "named"), [(Evil(), "print"),
-                                            (argparse.Namespace(lr=0.1), "argparse.Namespace")])
+                                            (argparse.Namespace(lr=0.1), "argparse.Namespace"),
+                                            (RunsAShell(), f"{os.name}.system")])
 def test_pickled_objects_are_refused_without_suggesting_unsafe_loading(tmp_path, capsys, obj,
                                                                         named):
     path = tmp_path / "evil.pt"

@@ -642,3 +642,151 @@ def test_backend_switch_reaches_the_predictor(capsys, tiny_checkpoint, predictor
     assert "precision 'int8' is not available on backend 'torch'" in lines[0]
     code, _, err = run_cli(capsys, "everything", BUS, "--backend", "tensorrt")
     assert code == 2 and "invalid choice: 'tensorrt'" in err
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+def decode_annotations(doc: dict) -> list[np.ndarray]:
+    return [coco_decode(a["segmentation"]) for a in doc["annotations"]]
+
+
+def yolo_masks(path: Path, h: int, w: int) -> list[np.ndarray]:
+    import cv2
+
+    masks = []
+    for line in path.read_text().splitlines():
+        cls, *values = line.split()
+        assert cls == "0" and all(0 <= float(v) <= 1 for v in values)
+        xy = np.asarray(values, dtype=np.float64).reshape(-1, 2) * [w, h]
+        filled = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(filled, [np.round(xy).astype(np.int32)], 1)
+        masks.append(filled > 0)
+    return masks
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    bus().crop((0, 0, 200, 160)).save(data / "a.png")
+    bus().crop((200, 300, 380, 420)).save(data / "sub" / "b.png")
+    return data
+
+
+EVERYTHING_FAST = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
+                   "0", "--box-nms-thresh", "0.9"]
+
+
+def test_everything_coco_dataset_loads_in_pycocotools(capsys, tiny_checkpoint, folder,
+                                                      tmp_path) -> None:
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "out"
+    argv = ["everything", folder, *EVERYTHING_FAST, "--model", tiny_checkpoint, "--out", out,
+            "--format", "coco", "--label", "thing"]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    path = out / "coco" / "annotations.json"
+    assert f"coco dataset -> {path}" in stdout
+    first = json.loads(path.read_text())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        coco = COCO(str(path))
+        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["thing"]
+        images = coco.loadImgs(coco.getImgIds())
+        assert [(i["file_name"], i["height"], i["width"]) for i in images] == [
+            ("a.png", 160, 200), ("sub/b.png", 120, 180)]
+        for image, rel in zip(images, ["a", "sub/b"], strict=True):
+            per_image = json.loads((out / f"{rel}.json").read_text())  # the run's own output
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            assert len(anns) == len(per_image["annotations"]) > 0
+            for ann, mask in zip(anns, decode_annotations(per_image), strict=True):
+                np.testing.assert_array_equal(coco.annToMask(ann) > 0, mask)
+                assert ann["area"] == mask.sum() and ann["category_id"] == 1
+    # A second run skips the done images but its dataset still holds them (read back).
+    code, stdout, err = run_cli(capsys, *argv)
+    assert (code, err) == (0, "") and "2 skipped" in stdout
+    second = json.loads(path.read_text())
+    for ann in first["annotations"] + second["annotations"]:
+        ann.pop("score")
+    assert second == first
+
+
+def test_everything_yolo_and_labelme_datasets(capsys, tiny_checkpoint, folder, tmp_path) -> None:
+    out = tmp_path / "out"
+    for fmt in ("yolo", "labelme"):
+        code, _, err = run_cli(capsys, "everything", folder, *EVERYTHING_FAST, "--model",
+                               tiny_checkpoint, "--out", out, "--format", fmt, "--tolerance", "0")
+        assert (code, err) == (0, "")
+    assert (out / "yolo" / "classes.txt").read_text() == "object\n"
+    for rel, source in [("a", "a.png"), ("sub/b", "sub/b.png")]:
+        per_image = json.loads((out / f"{rel}.json").read_text())
+        masks = decode_annotations(per_image)
+        h, w = masks[0].shape
+        yolo = yolo_masks(out / "yolo" / f"{rel}.txt", h, w)
+        assert len(yolo) == len(masks)
+        for got, mask in zip(yolo, masks, strict=True):
+            assert got[mask].mean() > 0.95  # the polygon covers the mask (holes filled)
+        labelme = json.loads((out / "labelme" / f"{rel}.json").read_text())
+        image_path = (out / "labelme" / rel).parent / labelme["imagePath"]
+        assert image_path.resolve() == (folder / source).resolve()
+        assert (labelme["imageHeight"], labelme["imageWidth"]) == (h, w)
+        assert {s["label"] for s in labelme["shapes"]} == {"object"}
+        assert len(labelme["shapes"]) >= len(masks)  # one shape per part
+
+
+def test_segment_dataset_keeps_the_best_mask_per_object(capsys, tiny_checkpoint, predictor,
+                                                         tmp_path) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "segment", BUS, "--box", "100,150,400,500", "--box",
+                                "10,10,200,200", "--multimask", "--label", "car", "--format",
+                                "coco", "--model", tiny_checkpoint, "--out", out)
+    assert (code, err) == (0, "")
+    doc = json.loads((out / "bus_480x640.json").read_text())
+    dataset = json.loads((out / "coco" / "annotations.json").read_text())
+    assert dataset["categories"] == [{"id": 1, "name": "car", "supercategory": ""}]
+    assert dataset["images"] == [{"id": 1, "file_name": "bus_480x640.png", "height": 640,
+                                  "width": 480}]
+    assert len(dataset["annotations"]) == 2  # one per object, not 3 candidates each
+    for ann, obj in zip(dataset["annotations"], doc["objects"], strict=True):
+        best = read_mask(out / obj["masks"][obj["best"]]["file"])
+        np.testing.assert_array_equal(coco_decode(ann["segmentation"]), best)
+        assert ann["score"] == pytest.approx(obj["masks"][obj["best"]]["score"], abs=1e-6)
+
+    code, _, err = run_cli(capsys, "segment", BUS, "--point", "240,400", "--format", "yolo",
+                           "--model", tiny_checkpoint, "--out", out)
+    assert (code, err) == (0, "")
+    assert (out / "yolo" / "classes.txt").read_text() == "object\n"
+    (line,) = (out / "yolo" / "bus_480x640.txt").read_text().splitlines()
+    assert line.startswith("0 ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--format", "voc"], "argument --format: invalid choice: 'voc'"),
+    (["--format", "yolo", "--segmentation", "polygon"], "--segmentation applies to --format coco only"),
+    (["--format", "coco", "--tolerance", "-1"], "argument --tolerance: expected a number of pixels >= 0, got '-1'"),
+    (["--format", "coco", "--label", ""], "argument --label: expected a non-empty one-line name"),
+])
+def test_dataset_usage_errors(capsys, tmp_path, args, message) -> None:
+    for command in (["segment", BUS, "--point", "1,1"], ["everything", BUS]):
+        code, _, err = run_cli(capsys, *command, *args, "--out", tmp_path / "out")
+        assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_everything_removes_temporaries_of_a_killed_run(capsys, tiny_checkpoint,
+                                                       tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that no longer runs
+    stale = out / f".a.json.{dead_pid}-0123456789ab.tmp"
+    stale.write_text('{"annotations": [')
+    bus().crop((0, 0, 64, 48)).save(tmp_path / "a.png")
+    code, stdout, err = run_cli(capsys, "everything", tmp_path / "a.png", "--out", out,
+                                "--points-per-side", "2", "--model", tiny_checkpoint)
+    assert (code, err) == (0, "")
+    assert not stale.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_overlay.png"]

@@ -419,3 +419,33 @@ def test_overlay_validation() -> None:
         overlay(image, np.zeros((1, 4, 4), bool), points=[[1, 2]], labels=[1, 0])
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         overlay(np.zeros((4, 4), np.uint8), np.zeros((1, 4, 4), bool))
+
+
+def test_temporaries_of_a_killed_writer_are_removed_later(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from mobile_sam.io import remove_stale_temporaries
+
+    (tmp_path / "sub").mkdir()
+    code = ("import sys, time\nfrom mobile_sam.io import atomic_write\n"
+            "def write(f):\n    f.write(b'partial'); f.flush(); print('writing', flush=True); "
+            "time.sleep(60)\n"
+            "atomic_write(sys.argv[1], write)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "sub" / "a.json")],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    mine = tmp_path / f".b.json.{os.getpid()}-0123456789ab.tmp"  # a live writer's (ours)
+    mine.write_bytes(b"in progress")
+    other = tmp_path / ".notes.tmp"  # not named as atomic_write names its files
+    other.write_bytes(b"kept")
+    assert remove_stale_temporaries(tmp_path) == 0  # the writer is still running
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    writer.stdout.close()
+    left = list((tmp_path / "sub").glob(".a.json.*.tmp"))
+    assert len(left) == 1 and left[0].read_bytes() == b"partial"
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not left[0].exists() and not (tmp_path / "sub" / "a.json").exists()
+    assert mine.exists() and other.exists()

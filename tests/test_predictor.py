@@ -222,3 +222,11 @@ def test_set_image_embedding_refuses_a_bad_size_and_keeps_the_image(tiny_sam):
     with pytest.raises(ValueError, match="original_size must be"):
         p.set_image_embedding(embedding, (48, 64, 3), p.input_size)
     assert p.is_image_set and p.original_size == (48, 64)
+
+
+@pytest.mark.parametrize("model", [None, "vit_t", torch.nn.Linear(2, 2)])
+def test_predictor_refuses_what_is_not_a_model(model):
+    with pytest.raises(TypeError, match=r"sam_model must be a mobile_sam Sam model, e\.g\. "
+                                        r"sam_model_registry\['vit_t'\]\(checkpoint=.*\), got "
+                                        + type(model).__name__):
+        SamPredictor(model)

@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 import warnings
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,8 +36,9 @@ import mobile_sam
 from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
 from mobile_sam.cli import main
 from mobile_sam.io import load_image
-from mobile_sam.masks import coco_to_mask, masks_to_boxes
+from mobile_sam.masks import coco_to_mask, mask_to_rle, masks_to_boxes, rle_to_coco
 from mobile_sam.serve import BackgroundServer, create_app
+from mobile_sam.serve import export as export_module
 from mobile_sam.serve.engine import Engine
 
 PACKAGE_DIR = str(Path(mobile_sam.__file__).resolve().parent)
@@ -491,10 +493,14 @@ def test_cache_evicts_least_recently_used(tiny_sam, counter):
 
 
 def test_create_app_checks_its_limits(tiny_sam):
-    with pytest.raises(ValueError, match="max_upload_bytes must be a positive int"):
+    with pytest.raises(ValueError, match=r"max_upload_bytes must be an integer in \[1, 2147483648\], got 0"):
         create_app(tiny_sam, max_upload_bytes=0)
-    with pytest.raises(ValueError, match="cache_items must be >= 1"):
+    with pytest.raises(ValueError, match=r"cache_items must be an integer in \[1, 100000\], got 0"):
         create_app(tiny_sam, cache_items=0)
+    with pytest.raises(TypeError, match="cache_bytes must be an integer .*, got float inf"):
+        create_app(tiny_sam, cache_bytes=float("inf"))
+    with pytest.raises(ValueError, match=r"everything_timeout must be a number in \[1, 86400\]"):
+        create_app(tiny_sam, everything_timeout=0.5)
     with pytest.raises(TypeError, match="Sam model"):
         create_app("vit_t")
     with pytest.raises(RuntimeError, match="precision 'int8' is not available on backend 'torch'"):
@@ -545,6 +551,177 @@ def test_concurrent_clients_on_different_images_never_mix(tiny_sam, counter, ima
     assert counter.max_active == 1
 
 
+# ------------------------------------------------------------------------------ export
+
+
+def export_masks() -> tuple[np.ndarray, np.ndarray]:
+    """Two masks of a 40 x 60 image: a ring (a hole), and two squares plus a lone pixel (a
+    part too thin for a polygon through pixel centres)."""
+    yy, xx = np.mgrid[0:40, 0:60]
+    ring = ((xx - 20) ** 2 + (yy - 20) ** 2 < 14**2) & ((xx - 20) ** 2 + (yy - 20) ** 2 >= 5**2)
+    squares = np.zeros((40, 60), dtype=bool)
+    squares[5:15, 40:50] = True
+    squares[25:35, 45:55] = True
+    squares[2, 2] = True
+    return ring, squares
+
+
+def export_body(**image_fields) -> dict:
+    ring, squares = export_masks()
+    image = {"file_name": "site/a.png", "width": 60, "height": 40, "objects": [
+        {"label": "ring", "mask": rle_to_coco(mask_to_rle(ring[None])[0]), "score": 0.75},
+        {"label": "squares", "mask": rle_to_coco(mask_to_rle(squares[None])[0])},
+    ]}
+    return {"images": [{**image, **image_fields}]}
+
+
+def library_images(body: dict) -> list:
+    """The same request as the library's AnnotatedImage s, decoded independently."""
+    from mobile_sam.formats import AnnotatedImage, Annotation
+
+    return [AnnotatedImage(im["file_name"], im["height"], im["width"],
+                           [Annotation(coco_to_mask(o["mask"]), o["label"], o.get("score"))
+                            for o in im["objects"]])
+            for im in body["images"]]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_export_coco_loads_in_pycocotools(client, tmp_path):
+    coco_api = pytest.importorskip("pycocotools.coco")
+    body = export_body()
+    second = {**export_body()["images"][0], "file_name": "b.png"}
+    second["objects"] = second["objects"][1:]
+    body["images"].append(second)
+    response = client.post("/v1/export/coco", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-disposition"] == 'attachment; filename="annotations.json"'
+    path = tmp_path / "annotations.json"
+    path.write_bytes(response.content)
+    coco = coco_api.COCO(str(path))
+    assert [im["file_name"] for im in coco.loadImgs(coco.getImgIds())] == ["site/a.png", "b.png"]
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    assert sorted(names.values()) == ["ring", "squares"]
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert [(a["image_id"], names[a["category_id"]]) for a in anns] == [
+        (1, "ring"), (1, "squares"), (2, "squares")]
+    ring, squares = export_masks()
+    for ann, mask in zip(anns, [ring, squares, squares]):
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)  # holes kept
+    assert anns[0]["score"] == 0.75 and "score" not in anns[1]
+    polygons = client.post("/v1/export/coco", json={**body, "segmentation": "polygon"}).json()
+    assert all(isinstance(a["segmentation"], list) for a in polygons["annotations"])
+
+
+def test_export_yolo_zip_is_the_library_dataset(client):
+    from mobile_sam.formats import yolo_lines
+
+    body = export_body()
+    response = client.post("/v1/export/yolo", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert response.headers["content-disposition"] == 'attachment; filename="yolo_dataset.zip"'
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["classes.txt", "site/a.txt"]
+        assert archive.read("classes.txt").decode() == "ring\nsquares\n"
+        lines = archive.read("site/a.txt").decode().splitlines()
+    assert lines == yolo_lines(library_images(body)[0], ["ring", "squares"])
+    # One line per object, normalised polygons around the object's pixels.
+    ring, squares = export_masks()
+    for line, mask in zip(lines, [ring, squares]):
+        values = np.array(line.split()[1:], dtype=float).reshape(-1, 2) * [60, 40]
+        ys, xs = np.nonzero(mask)
+        assert xs.min() - 1 <= values[:, 0].min() and values[:, 0].max() <= xs.max() + 2
+        assert ys.min() - 1 <= values[:, 1].min() and values[:, 1].max() <= ys.max() + 2
+    assert [line.split()[0] for line in lines] == ["0", "1"]
+
+
+def test_export_labelme_json_or_zip(client):
+    from mobile_sam.formats import labelme_json
+
+    body = export_body(file_name="a.png")
+    response = client.post("/v1/export/labelme", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="a.json"'
+    doc = response.json()
+    assert doc == json.loads(json.dumps(labelme_json(library_images(body)[0])))
+    assert (doc["imagePath"], doc["imageHeight"], doc["imageWidth"]) == ("a.png", 40, 60)
+    shapes = doc["shapes"]
+    assert {s["shape_type"] for s in shapes} == {"polygon"}
+    assert [s["label"] for s in shapes].count("ring") >= 1
+    assert [s["label"] for s in shapes].count("squares") == 3  # three parts
+    # Any file name makes a valid header: plain ASCII, and the exact name per RFC 6266.
+    response = client.post("/v1/export/labelme", json=export_body(file_name='Fotoğraf "1".png'))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"Foto_raf__1_.json\"; "
+        "filename*=UTF-8''Foto%C4%9Fraf%20%221%22.json")
+    body["images"].append({**body["images"][0], "file_name": "b.png"})
+    response = client.post("/v1/export/labelme", json=body)
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["a.json", "b.json"]
+
+
+def test_export_formats_are_the_library_formats():
+    from mobile_sam.formats import FORMATS
+    from mobile_sam.serve.schemas import EXPORT_FORMATS
+
+    assert tuple(EXPORT_FORMATS) == FORMATS
+
+
+def _with(path: str, value):
+    body = export_body()
+    node = body
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key) if key.isdigit() else key]
+    node[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize("fmt, body, status, field, words", [
+    ("xml", export_body(), 422, "format", ["unknown dataset format 'xml'", "coco, yolo"]),
+    ("coco", {}, 422, "images", ["images", "Field required"]),
+    ("coco", {"images": []}, 422, "images", ["at least 1"]),
+    ("coco", _with("images.0.width", 61), 422, "images",
+     ["images.0.objects.0.mask: size is [40, 60], expected [40, 61]"]),
+    ("coco", _with("images.0.objects.1.mask.counts", "Q"), 422, "images",
+     ["images.0.objects.1.mask", "not a complete"]),
+    ("coco", _with("images.0.objects.0.mask", rle_to_coco({"size": [40, 60], "counts": [5, 2]})),
+     422, "images", ["counts cover 7 pixels, expected 40*60=2400"]),
+    ("coco", _with("images.0.objects.0.mask",
+                   rle_to_coco({"size": [40, 60], "counts": [2000, -10, 410]})),
+     422, "images", ["negative run"]),
+    ("yolo", _with("images.0.objects.0.label", ""), 422, "images", ["label", "at least 1"]),
+    ("yolo", _with("images.0.objects.0.label", "two\nlines"), 422, "images", ["label"]),
+    ("coco", _with("images.0.objects.0.label", "   "), 422, "images", ["label", "non-empty"]),
+    ("coco", _with("images.0.objects.0.score", "high"), 422, "images", ["score"]),
+    ("coco", _with("images.0.objects.0.colour", 3), 422, "images", ["Extra inputs"]),
+    ("labelme", _with("images.0.file_name", "../up.png"), 422, "images", ["relative path"]),
+    ("coco", {"images": export_body()["images"], "segmentation": "mesh"}, 422, "segmentation",
+     ["rle", "polygon"]),
+])
+def test_export_errors(client, fmt, body, status, field, words):
+    assert_error(client.post(f"/v1/export/{fmt}", json=body), status, field, *words)
+
+
+def test_export_duplicate_names_and_limits(tiny_sam, monkeypatch):
+    body = export_body()
+    body["images"].append(body["images"][0])
+    with TestClient(create_app(tiny_sam, max_pixels=2000)) as small:
+        response = small.post("/v1/export/yolo", json=body)
+        assert_error(response, 413, "images", "images.0: 60x40", "(2000)")
+    with TestClient(create_app(tiny_sam)) as client:
+        response = client.post("/v1/export/yolo", json=body)
+        assert_error(response, 422, "images", "'site/a.png' and 'site/a.png'", "site/a.txt",
+                     "different file names")
+        assert "mobile_sam_export-" not in response.text  # no temporary folder in the answer
+        monkeypatch.setattr(export_module, "MAX_EXPORT_MASK_PIXELS", 4 * 2400 - 1)
+        assert_error(client.post("/v1/export/coco", json=body), 413, "images",
+                     "9600 mask pixels", "export fewer images")
+
+
 # ------------------------------------------------------------------------------ page and docs
 
 
@@ -561,7 +738,7 @@ def test_page_docs_and_openapi(client):
     assert routes == {("/v1/images", "post"), ("/v1/images/{id}/predict", "post"),
                       ("/v1/images/{id}/everything", "post"),
                       ("/v1/images/{id}/embedding", "get"), ("/v1/images/{id}", "delete"),
-                      ("/health", "get")}
+                      ("/v1/export/{format}", "post"), ("/health", "get")}
     upload_body = spec["paths"]["/v1/images"]["post"]["requestBody"]["content"]
     assert "file" in upload_body["multipart/form-data"]["schema"]["properties"]
 
@@ -604,12 +781,14 @@ def test_cli_serve_warns_for_public_host_and_checks_arguments(monkeypatch, fixtu
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    assert main(["serve", "--model", str(fixture_checkpoint), "--host", "0.0.0.0"]) == 0
+    assert main(["serve", "--model", str(fixture_checkpoint), "--host", "0.0.0.0",
+                 "--port", "0"]) == 0
     assert "warning: binding 0.0.0.0" in capsys.readouterr().err
-    assert main(["serve", "--port", "70000"]) == 1
-    assert "--port must be in 0..65535, got 70000" in capsys.readouterr().err
-    assert main(["serve", "--cache-items", "0"]) == 1
-    assert "--cache-items must be > 0" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
+    assert capsys.readouterr().err == ("mobile-sam serve: error: --port must be an integer in "
+                                       "[0, 65535], got '70000'\n")
+    assert main(["serve", "--cache-items", "0"]) == 2
+    assert "--cache-items must be an integer in [1, 100000], got '0'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ real model
@@ -644,3 +823,19 @@ def test_fixture_model_over_http_matches_golden(fixture_model, reference_dir, go
     assert ref.sum() > 1000
     assert (got & ref).sum() / (got | ref).sum() >= 0.99
     assert load_image(data).shape == (333, 517, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1)])
+def test_thin_upload_is_422_and_the_connection_lives_on(tiny_sam, image_a, shape):
+    """An image too thin for the model (the short side would resize to 0 pixels) gets the
+    same refusal as in the Python API and the CLI; the keep-alive connection stays usable."""
+    thin = png_bytes(np.full((*shape, 3), 200, np.uint8))
+    with BackgroundServer(create_app(tiny_sam)) as server, \
+            httpx.Client(base_url=server.url) as http:
+        response = http.post("/v1/images", files={"file": ("thin.png", thin)})
+        height, width = shape
+        assert_error(response, 422, "file", f"image of {width}x{height} pixels (width x height)"
+                     " is too thin for the model", "at most 512 times the short side")
+        assert response.headers.get("connection") != "close"
+        assert http.post("/v1/images", files={"file": ("a.png", png_bytes(image_a))}
+                         ).status_code == 200

@@ -307,7 +307,9 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     """The error for a file torch.load refused. torch's own message advises loading with
     weights_only=False, i.e. running whatever code the file holds: that is never repeated."""
     text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # "Unsupported global: GLOBAL x.y", or for a blocked module (os, subprocess, ...)
+    # "unsupported GLOBAL posix.system whose module posix is blocked".
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if found:
         return CheckpointError(
             f"{path} is not a plain weights file: besides tensors it holds pickled Python "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "load_image",
     "mask_outline",
     "overlay",
+    "remove_stale_temporaries",
     "save_image_png",
     "save_json",
     "save_mask_png",
@@ -251,7 +253,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     """Create or replace the file ``path`` with what ``write(file)`` writes; return its path.
 
     ``write`` gets a binary file object open on a temporary file in the same folder
-    (``.<name>.<random>.tmp``); once it returns, the data is flushed to disk and the file is
+    (``.<name>.<pid>-<random>.tmp``); once it returns, the data is flushed to disk and the file is
     renamed over ``path`` with ``os.replace``, so readers see the old file or the complete new
     one, never a part. If ``write`` raises, the temporary file is removed and the exception
     propagates. The folder must exist: a missing or unwritable folder raises
@@ -262,7 +264,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     folder = target.parent
     if target.is_dir():
         raise OutputWriteError(f"cannot write {target}: it is a folder")
-    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    tmp = folder / f".{target.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
@@ -284,6 +286,39 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         raise
     _fsync_folder(folder)
     return target
+
+
+# The temporary files of atomic_write: .<name>.<pid>-<12 hex digits>.tmp
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{12}\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a pid beyond C's int
+        return pid < 2**31
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files that :func:`atomic_write` left in ``folder`` and its
+    subfolders when its process was killed (SIGKILL, power loss); returns how many.
+
+    Only files named as atomic_write names them whose writing process no longer runs are
+    removed, so a run writing into the same folder at the same time keeps its own.
+    """
+    removed = 0
+    for path in Path(folder).rglob(".*.tmp"):
+        found = _TEMPORARY.match(path.name)
+        if found and path.is_file() and not _process_alive(int(found.group(1))):
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -50,6 +50,10 @@ class SamPredictor:
         used when ready), "wait" (convert before the first call) or "cached" (eager torch,
         convert nothing); None: $MOBILE_SAM_CONVERSION, else "background". See
         `mobile_sam.runtime.background`."""
+        if not isinstance(sam_model, Sam):
+            raise TypeError("sam_model must be a mobile_sam Sam model, e.g. "
+                            "sam_model_registry['vit_t'](checkpoint='mobile_sam.pt'), got "
+                            f"{type(sam_model).__name__}")
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)

@@ -398,11 +398,14 @@ class Bound:
     @property
     def expected(self) -> str:
         """E.g. "an integer in [1, 256]", "a number in [0, 1)", "a finite number >= 0"."""
+        def show(value: float) -> str:  # integers in full: 2147483648, not 2.14748e+09
+            return str(int(value)) if self.kind is int else f"{value:g}"
+
         if math.isinf(self.high):
             noun = "an integer" if self.kind is int else "a finite number"
-            return f"{noun} >= {self.low:g}"
+            return f"{noun} >= {show(self.low)}"
         noun = "an integer" if self.kind is int else "a number"
-        return f"{noun} in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{noun} in [{show(self.low)}, {show(self.high)}{')' if self.high_open else ']'}"
 
     def check(self, name: str, value: Any) -> Any:
         """``value`` as ``kind``, or PromptError (PromptTypeError for a wrong type)."""

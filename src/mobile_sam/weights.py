@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 __all__ = [
+    "ALIASES",
     "CHECKPOINTS",
     "CheckpointSpec",
     "WeightsChecksumError",
@@ -122,6 +123,9 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
 }
 """Known checkpoints by variant name."""
 
+ALIASES: dict[str, str] = {"sam_b.pt": "vit_b", "sam_l.pt": "vit_l", "sam_h.pt": "vit_h"}
+"""Ultralytics' names of the SAM checkpoints, by variant (its ``mobile_sam.pt`` is ours)."""
+
 
 def cache_dir() -> Path:
     """The folder holding downloaded checkpoints.
@@ -143,16 +147,19 @@ def _known_names() -> list[str]:
     names: list[str] = []
     for variant, spec in CHECKPOINTS.items():
         names += [variant, spec.file_name]
-    return names
+    return names + list(ALIASES)
 
 
 def find_checkpoint(name: str | os.PathLike[str]) -> CheckpointSpec | None:
-    """The spec a variant name (``"vit_t"``) or file name (``"mobile_sam.pt"``) refers to.
+    """The spec a variant name (``"vit_t"``), file name (``"mobile_sam.pt"``) or Ultralytics
+    name (``"sam_b.pt"``, see :data:`ALIASES`) refers to.
 
     Only the last path component is compared, so ``"weights/mobile_sam.pt"`` also matches.
     Returns None for anything else.
     """
     base = os.path.basename(os.fspath(name))
+    if base in ALIASES:
+        return CHECKPOINTS[ALIASES[base]]
     for variant, spec in CHECKPOINTS.items():
         if base in (variant, spec.file_name):
             return spec

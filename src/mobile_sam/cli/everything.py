@@ -5,6 +5,11 @@ with COCO RLE, area, XYWH bbox, predicted IoU, stability score, prompt point and
 `<name>_overlay.png` (each mask in its own colour). Folders are walked recursively; outputs
 mirror the inputs' folders under --out, so equal file names in different folders never
 collide. Images whose outputs exist are skipped unless --overwrite.
+
+`<name>.json` is a record of one image, not a COCO dataset file. With `--format coco|yolo|
+labelme`, a dataset of the whole run is also written under `<out>/<format>/` (one COCO
+`annotations.json` that pycocotools loads; per-image YOLO `.txt` files with `classes.txt`; per-
+image LabelMe `.json` files), skipped images included (read back from their `<name>.json`).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ._common import (
     prepare_out_dir,
     report,
 )
+from ._dataset import DatasetWriter, add_dataset_arguments, check_dataset_arguments
 
 if TYPE_CHECKING:
     from ..api import Result
@@ -121,6 +127,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                            type=_generator_option(name), default=default, metavar="N",
                            help=f"{text}: {GENERATOR_BOUNDS[name].expected} "
                                 f"(default: {default:g})")
+    add_dataset_arguments(parser)
     add_common_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(func=run, everything_parser=parser)
@@ -129,14 +136,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import load_image
+    from ..io import load_image, remove_stale_temporaries
 
     generator_kwargs = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
     try:  # options that are valid alone but not together
         check_generator_options(**generator_kwargs)
     except PromptError as err:
         args.everything_parser.error(f"--{err.field.replace('_', '-')}: {err}")
+    check_dataset_arguments(args, args.everything_parser)
     out = prepare_out_dir(args.out)
+    remove_stale_temporaries(out)  # left by a run that was killed while writing
     failed = 0
 
     def fail(message: str) -> None:
@@ -152,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         if args.overwrite or not done:
             todo.append((image, base))
     skipped = len(images) - len(todo)
+    dataset = DatasetWriter(args, out, images) if args.dataset_format else None
+    position = {base: i for i, base in enumerate(bases)}
 
     sam = None
     written = 0
@@ -171,11 +182,15 @@ def run(args: argparse.Namespace) -> int:
             result = sam.predict(image, progress=True, **generator_kwargs)[0]
             result.path = str(image_path)
             _write(result, image_path, base, out)
+            if dataset is not None:
+                dataset.add(position[base], result, display_name(image_path, base, out))
         except (OSError, ValueError) as exc:
             fail(f"{image_path}: {exc}")
             continue
         written += 1
         tqdm.write(f"{image_path}: {len(result)} mask(s) -> {_json_path(base)}")
+    if dataset is not None:
+        _finish_dataset(dataset, images, bases, out, todo, fail)
     summary = f"{written} image(s) segmented"
     if skipped:
         summary += f", {skipped} skipped (outputs exist; --overwrite to redo them)"
@@ -183,6 +198,19 @@ def run(args: argparse.Namespace) -> int:
         summary += f", {failed} failed"
     print(summary)
     return 1 if failed else 0
+
+
+def _finish_dataset(dataset: DatasetWriter, images: list[Path], bases: list[Path], out: Path,
+                    todo: list[tuple[Path, Path]], fail: Callable[[str], None]) -> None:
+    """Add the images skipped as done (from their JSON) and write the run's dataset."""
+    this_run = {base for _, base in todo}
+    try:
+        for i, (image_path, base) in enumerate(zip(images, bases, strict=True)):
+            if base not in this_run:
+                dataset.add_saved(i, _json_path(base), display_name(image_path, base, out))
+        print(f"{dataset.format} dataset -> {dataset.finish()}")
+    except (OSError, ValueError, KeyError) as exc:
+        fail(f"{dataset.format} dataset not written: {exc}")
 
 
 def _json_path(base: Path) -> Path:

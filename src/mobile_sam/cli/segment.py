@@ -13,6 +13,9 @@ under --out (input folders mirrored as in `everything`):
 * `<name>.json`: the image's file name and size and, per object, its prompt, the index of the
   best mask and each mask's file, score (predicted IoU), XYXY box (from the mask, inclusive
   max), area and COCO RLE (str counts).
+
+With `--format coco|yolo|labelme`, the best mask of each object also goes into a dataset of
+the whole run under `<out>/<format>/`, labelled `--label` (see `cli/_dataset.py`).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ._common import (
     prepare_out_dir,
     report,
 )
+from ._dataset import DatasetWriter, add_dataset_arguments, check_dataset_arguments
 
 if TYPE_CHECKING:
     from ..api import Result
@@ -99,6 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--multimask", action="store_true",
                         help="write SAM's 3 candidate masks per object (best marked in the JSON)")
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
+    add_dataset_arguments(parser)
     add_common_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(func=run, segment_parser=parser)
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.point and len(args.box) > 1:
         parser.error(f"--point can be combined with one --box only (one object), got "
                      f"{len(args.box)} boxes; several boxes are several objects")
+    check_dataset_arguments(args, parser)
 
     from ..api import SAM, normalize_prompts
     from ..io import load_image
@@ -125,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     images = [Path(p).expanduser() for p in args.images]
     bases = output_bases(images, out)
+    dataset = DatasetWriter(args, out, images) if args.dataset_format else None
 
     sam = None
     failed = 0
-    for image_path, base in zip(images, bases, strict=True):
+    for index, (image_path, base) in enumerate(zip(images, bases, strict=True)):
         try:
             image = load_image(image_path)
             check_inside_image(image.shape[:2], points, prompts.boxes, image=str(image_path),
@@ -144,11 +151,19 @@ def run(args: argparse.Namespace) -> int:
             result = sam.predict(image, multimask_output=args.multimask, **prompt_args)[0]
             result.path = str(image_path)
             json_path = _write(result, image_path, base, out)
+            if dataset is not None:  # the best mask of each object
+                dataset.add(index, result, display_name(image_path, base, out))
         except (OSError, ValueError) as exc:
             report("segment", f"{image_path}: {exc}")
             failed += 1
             continue
         print(f"{image_path}: {len(result)} mask(s) -> {json_path}")
+    if dataset is not None:
+        try:
+            print(f"{dataset.format} dataset -> {dataset.finish()}")
+        except (OSError, ValueError) as exc:
+            report("segment", f"{dataset.format} dataset not written: {exc}")
+            failed += 1
     if sam is not None:
         from ..runtime.background import finish_conversions
 

@@ -20,9 +20,10 @@ class BackgroundServer:
                  log_level: str = "warning") -> None:
         import uvicorn
 
+        self._app = app
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                                      log_level=log_level, lifespan="off",
-                                                     ws="none"))
+                                                     ws="none", timeout_graceful_shutdown=3))
         self._thread = threading.Thread(target=self._server.run, name="mobile-sam-serve",
                                         daemon=True)
         self.host = host
@@ -50,7 +51,11 @@ class BackgroundServer:
         return self.url
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the server to exit and wait for its thread."""
+        """Ask the server to exit and wait for its thread. The "everything" jobs of an app
+        made by `create_app` are cancelled first, so they do not hold the exit up."""
+        jobs = getattr(getattr(self._app, "state", None), "jobs", None)
+        if jobs is not None:
+            jobs.close()
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)

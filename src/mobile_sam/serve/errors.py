@@ -27,15 +27,18 @@ class ApiError(HTTPException):
     An HTTPException, so that raised while FastAPI reads a body it is not turned into a 400.
     """
 
-    def __init__(self, status: int, field: str | None, message: str) -> None:
-        super().__init__(status, message)
+    def __init__(self, status: int, field: str | None, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
         self.status = status
         self.field = field
         self.message = message
 
 
-def error_response(status: int, field: str | None, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message, "field": field}, status_code=status)
+def error_response(status: int, field: str | None, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "field": field}, status_code=status,
+                        headers=headers)
 
 
 def error_responses(**codes: str) -> dict[int | str, dict[str, Any]]:
@@ -45,7 +48,8 @@ def error_responses(**codes: str) -> dict[int | str, dict[str, Any]]:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.field, exc.message)
+    return error_response(exc.status, exc.field, exc.message,
+                          dict(exc.headers) if exc.headers else None)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

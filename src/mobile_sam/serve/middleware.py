@@ -1,12 +1,15 @@
-"""ASGI middleware of the app: security headers on every response, a size limit on JSON bodies."""
+"""ASGI middleware of the app: security headers on every response, a size limit on JSON bodies,
+an optional bearer token on the API."""
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
+import hmac
+
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError
+from .errors import ApiError, error_response
 
-__all__ = ["JsonBodyLimit", "SecurityHeaders"]
+__all__ = ["BearerToken", "JsonBodyLimit", "SecurityHeaders"]
 
 _CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -62,3 +65,30 @@ class JsonBodyLimit:
             return message
 
         await self.app(scope, bounded_receive, send)
+
+
+class BearerToken:
+    """Requests under ``prefix`` (the API) must carry ``Authorization: Bearer <token>``; others
+    get 401 with ``WWW-Authenticate: Bearer``. The page, its files, /docs and /health stay
+    open: the page asks for the token and sends it with its API calls. CORS preflights
+    (OPTIONS) carry no credentials and are answered before this (by the CORS middleware)."""
+
+    def __init__(self, app: ASGIApp, token: str, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("authorization", "").encode()
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing" if not given else "wrong"
+        response = error_response(
+            401, "Authorization", f"Authorization: {reason} token; send the header "
+                                  "'Authorization: Bearer <token>' (the server's --token)",
+            headers={"WWW-Authenticate": 'Bearer realm="mobile-sam"'})
+        await response(scope, receive, send)

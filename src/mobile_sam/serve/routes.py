@@ -6,8 +6,10 @@ several apps in one process never share anything.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,10 +19,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
-from ..prompts import PromptError, check_inside_image
+from ..prompts import PromptError, check_generator_options, check_inside_image
 from .cache import CachedImage, EmbeddingCache
 from .engine import Engine, image_id, mask_boxes, masks_as_rle
 from .errors import ApiError, error_responses
+from .scheduler import Job, JobCancelled, JobPool, PoolFull
 from .schemas import (
     EverythingRequest,
     EverythingResponse,
@@ -47,21 +50,32 @@ async def _cache(request: Request) -> EmbeddingCache:
     return request.app.state.cache
 
 
-async def _limits(request: Request) -> dict[str, int]:
+async def _limits(request: Request) -> dict[str, Any]:
     return request.app.state.limits
+
+
+async def _jobs(request: Request) -> JobPool:
+    return request.app.state.jobs
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
 CacheDep = Annotated[EmbeddingCache, Depends(_cache)]
-LimitsDep = Annotated[dict[str, int], Depends(_limits)]
+LimitsDep = Annotated[dict[str, Any], Depends(_limits)]
+JobsDep = Annotated[JobPool, Depends(_jobs)]
+
+# How often a waiting "everything" request checks its client and its time limit, and the
+# Retry-After given when the job pool is full.
+JOB_POLL_S = 0.1
+RETRY_AFTER_S = 5
 
 
 def _entry_or_404(cache: EmbeddingCache, key: str) -> CachedImage:
     entry = cache.get(key)
     if entry is None:
         shown = key if len(key) <= 80 else key[:77] + "..."
-        raise ApiError(404, "id", f"id: unknown image {shown!r}; upload it with "
-                                  "POST /v1/images (images are evicted when the cache is full)")
+        raise ApiError(404, "id", f"id: unknown image {shown!r}; upload it again with "
+                                  "POST /v1/images (images are evicted when the cache is full, "
+                                  "and each server worker has its own cache)")
     return entry
 
 
@@ -141,17 +155,56 @@ def predict(id: str, body: PredictRequest, engine: EngineDep, cache: CacheDep) -
 @images.post("/{id}/everything", response_model=EverythingResponse,
              summary="Automatic mask generation (SamAutomaticMaskGenerator options)",
              responses=error_responses(e400="Invalid JSON", e404=_UNKNOWN_ID,
-                                       e422="An option is invalid"))
-def everything(id: str, engine: EngineDep, cache: CacheDep,
-               body: Annotated[EverythingRequest | None, Body()] = None) -> EverythingResponse:
+                                       e422="An option is invalid",
+                                       e503="Too many everything jobs (see Retry-After), or "
+                                            "the server is stopping",
+                                       e504="The job ran longer than the server's time limit"))
+async def everything(id: str, request: Request, engine: EngineDep, cache: CacheDep,
+                     jobs: JobsDep, limits: LimitsDep,
+                     body: Annotated[EverythingRequest | None, Body()] = None,
+                     ) -> EverythingResponse:
     entry = _entry_or_404(cache, id)
     options = (body or EverythingRequest()).model_dump()
     try:
-        records = engine.everything(entry, options)
+        check_generator_options(**options)
     except PromptError as err:
         raise ApiError(422, err.field, str(err)) from None
+    try:
+        job, future = jobs.submit(lambda job: engine.everything(entry, options, job))
+    except PoolFull as exc:
+        raise ApiError(503, None, f"everything: the server is busy: {exc}; retry later",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    records = await _wait_for_job(request, job, future, limits["everything_timeout"])
     height, width = entry.original_size
     return EverythingResponse(width=width, height=height, masks=records)
+
+
+async def _wait_for_job(request: Request, job: Job, future: Future[Any],
+                        timeout: float) -> Any:
+    """The result of a job, awaited without holding a thread. The job is cancelled when the
+    client disconnects, when ``timeout`` seconds pass (504), or when this request is
+    cancelled (the server stopping); it then stops at its next model call."""
+    waiting = asyncio.wrap_future(future)
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=JOB_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancel("the client disconnected")
+            elif asyncio.get_running_loop().time() > deadline:
+                job.cancel("timeout")
+                raise ApiError(504, None, f"everything: the job did not finish within the "
+                                          f"server's limit of {timeout:g} s and was stopped; "
+                                          "try fewer points_per_side or crop_n_layers")
+        return waiting.result()
+    except JobCancelled as exc:  # disconnected (nobody reads this) or the server stopping
+        raise ApiError(503, None, f"everything: the job was stopped: {exc.reason}") from None
+    except PromptError as err:
+        raise ApiError(422, err.field, str(err)) from None
+    finally:
+        job.cancel("the request ended")  # no-op once the job is done
 
 
 @images.get("/{id}/embedding",

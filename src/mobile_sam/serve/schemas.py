@@ -114,3 +114,51 @@ class Health(BaseModel):
 class ErrorBody(BaseModel):
     detail: str = Field(description="What was wrong, naming the field.")
     field: str | None = Field(default=None, description="The offending field, if one.")
+
+
+# ------------------------------------------------------------------ dataset export
+
+EXPORT_FORMATS = ["coco", "yolo", "labelme"]
+"""The dataset formats of `mobile_sam.formats` (its FORMATS), as the export route takes them."""
+MAX_EXPORT_IMAGES = 1000
+MAX_EXPORT_OBJECTS = 10_000
+"""Objects of one image in an export request (all of them are also bounded by the decoded
+pixels, `mobile_sam.serve.export.MAX_EXPORT_MASK_PIXELS`, and the JSON body size)."""
+# No control characters: labels become lines of YOLO's classes.txt, names become file names.
+_ONE_LINE = r"^[^\x00-\x1f\x7f]+$"
+
+
+class ExportObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200, pattern=_ONE_LINE,
+                       description="Category name (COCO category, YOLO class, LabelMe label).")
+    mask: CocoRle = Field(description="The object's mask as COCO compressed RLE, as predict "
+                                      "and everything return it; size [height, width] of its "
+                                      "image.")
+    score: FiniteFloat | None = Field(default=None, description="Predicted IoU, if any.")
+
+
+class ExportImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_name: str = Field(min_length=1, max_length=255, pattern=_ONE_LINE,
+                           description="The image's name in the dataset (a relative path); "
+                                       "the YOLO and LabelMe files are named after it.")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    objects: list[ExportObject] = Field(max_length=MAX_EXPORT_OBJECTS)
+
+
+class ExportRequest(BaseModel):
+    """Labelled masks of one or more images, written by `mobile_sam.formats` (the library
+    functions the CLI uses)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ExportImage] = Field(min_length=1, max_length=MAX_EXPORT_IMAGES)
+    segmentation: Literal["rle", "polygon"] = Field(
+        default="rle", description="COCO only: compressed RLE (exact) or polygons (holes "
+                                   "filled). YOLO and LabelMe always use polygons.")
+    tolerance: float = Field(default=1.0, ge=0, le=100,
+                             description="Polygon simplification, in pixels.")
