@@ -14,6 +14,9 @@ import torch
 # Tests run the torch encoder unless they ask for another backend (tests/test_backends.py);
 # exports and downloads go to a throw-away cache, never the user's; OpenVINO telemetry off.
 os.environ.setdefault("MOBILE_SAM_BACKEND", "torch")
+# A backend asked for is converted before its first call (tests of the background conversion
+# ask for it).
+os.environ.setdefault("MOBILE_SAM_CONVERSION", "wait")
 os.environ.setdefault("MOBILE_SAM_HOME", tempfile.mkdtemp(prefix="mobile_sam_test_home-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -501,3 +501,72 @@ def test_fast_mode_skips_points_inside_confident_masks():
     assert halves == {"exact": {False}, "fast": {True}}
     with pytest.raises(ValueError, match="mode must be one of"):
         SamAutomaticMaskGenerator(FakePredictor((big, big, big)), mode="turbo")
+
+
+# ------------------------------------------------------------------ batch progress
+
+
+def counting_predictor(specs=DEFAULT_SPECS) -> tuple[FakePredictor, list[int]]:
+    """A FakePredictor that records the size of each batch it decodes."""
+    predictor = FakePredictor(specs)
+    decoded: list[int] = []
+    original = predictor.predict_point_batch
+    predictor.predict_point_batch = (
+        lambda p, min_iou=None, **kw: (decoded.append(len(p)), original(p, min_iou, **kw))[1])
+    return predictor, decoded
+
+
+def test_on_batch_sees_every_batch_in_order_with_the_total():
+    """4 x 4 points in batches of 5 are 4 batches per crop; crop_n_layers=1 makes 1 + 4 crops
+    with the same grid: 20 batches, each reported once, in order, after it is decoded."""
+    predictor, decoded = counting_predictor()
+    calls: list[tuple[int, int, int]] = []
+    gen = SamAutomaticMaskGenerator(
+        predictor, points_per_side=4, points_per_batch=5, crop_n_layers=1,
+        on_batch=lambda done, total: calls.append((done, total, len(decoded))))
+    gen.generate(make_image(40, 60))
+    assert len(decoded) == 20
+    assert calls == [(i, 20, i) for i in range(1, 21)]
+    calls.clear()
+    decoded.clear()
+    gen.generate(make_image(40, 60))  # the count starts again with each image
+    assert calls == [(i, 20, i) for i in range(1, 21)]
+
+
+def test_on_batch_can_cancel_the_generation():
+    predictor, decoded = counting_predictor()
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Cancelled
+
+    gen = SamAutomaticMaskGenerator(predictor, points_per_side=4, points_per_batch=5,
+                                    on_batch=cancel_after_two)
+    with pytest.raises(Cancelled):
+        gen.generate(make_image(40, 60))
+    assert decoded == [5, 5]  # no batch after the callback raised
+    assert predictor.calls[-1] == ("reset_image",)  # the predictor is left without an image
+
+
+def test_on_batch_in_fast_mode_lowers_the_total_for_skipped_points():
+    """Confident whole-image masks: the coarse level's 16 of 64 points run (2 batches of 10),
+    the fine level's 48 (5 batches) are all skipped: the total drops from 7 to 2."""
+    big = FakeMask(radius=1000.0, slope=10.0, iou=0.99)
+    predictor, decoded = counting_predictor((big, big, big))
+    calls: list[tuple[int, int]] = []
+    SamAutomaticMaskGenerator(predictor, points_per_side=8, points_per_batch=10, mode="fast",
+                              on_batch=lambda *a: calls.append(a)).generate(make_image(40, 60))
+    assert decoded == [10, 6]
+    assert calls == [(1, 7), (2, 7), (2, 2)]
+
+
+def test_progress_bar_and_bad_callback(capsys):
+    predictor, decoded = counting_predictor()
+    SamAutomaticMaskGenerator(predictor, points_per_side=2, progress=True).generate(
+        make_image(40, 60))
+    assert decoded == [4]
+    with pytest.raises(TypeError, match="on_batch must be a callable"):
+        SamAutomaticMaskGenerator(FakePredictor(DEFAULT_SPECS), on_batch=3)

@@ -297,3 +297,240 @@ def test_decoder_follows_weight_changes(tiny_sam, rng):
     p.set_image(image)
     got = p.predict(point, label, return_logits=True)[1]
     np.testing.assert_allclose(got, first + 1.0, atol=2e-3)
+
+
+# ------------------------------------------------------------------ precision="auto"
+AMX = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
+ZEN5 = frozenset({"avx512f", "avx512_vnni", "avx512_bf16"})  # bf16 dot products, no AMX
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    from mobile_sam.runtime.backends import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f amx_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_auto_precision_is_bf16_only_with_amx():
+    from mobile_sam.runtime import resolve_precision
+
+    assert resolve_precision("auto", "openvino", AMX) == "bf16"
+    assert resolve_precision("auto", "openvino", ZEN5) == "fp32"
+    assert resolve_precision("auto", "openvino", frozenset()) == "fp32"  # unknown CPU
+    for backend in ("torch", "onnxruntime"):  # no bf16 there: fp32 whatever the CPU
+        assert resolve_precision("auto", backend, AMX) == "fp32"
+    for precision in ("fp32", "int8"):  # asked for: kept
+        assert resolve_precision(precision, "openvino", AMX) == precision
+
+
+def test_bf16_without_amx_warns_once(monkeypatch):
+    import warnings
+
+    from mobile_sam.runtime import backends
+
+    monkeypatch.setattr(backends, "_BF16_WARNED", False)
+    with pytest.warns(RuntimeWarning, match="slower than fp32 on this CPU.*use precision='fp32'"):
+        assert backends.resolve_precision("bf16", "openvino", ZEN5) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.resolve_precision("bf16", "openvino", ZEN5)  # once per process
+        monkeypatch.setattr(backends, "_BF16_WARNED", False)
+        backends.resolve_precision("bf16", "openvino", AMX)  # faster there: no warning
+
+
+def test_predictor_resolves_auto_precision(tiny_sam, monkeypatch):
+    from mobile_sam.runtime import backends
+
+    monkeypatch.setattr(backends, "installed", lambda b: True)
+    monkeypatch.setattr(backends, "cpu_flags", lambda: AMX)
+    assert SamPredictor(tiny_sam, backend="openvino", precision="auto").precision == "bf16"
+    assert SamPredictor(tiny_sam, backend="torch", precision="auto").precision == "fp32"
+    monkeypatch.setattr(backends, "cpu_flags", lambda: ZEN5)
+    assert SamPredictor(tiny_sam, backend="openvino", precision="auto").precision == "fp32"
+
+
+def test_openvino_int8_needs_nncf(monkeypatch):
+    from mobile_sam.runtime import backends
+
+    monkeypatch.delenv("MOBILE_SAM_BACKEND", raising=False)
+    monkeypatch.setattr(backends, "installed", lambda b: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
+                        lambda name: None if name == "nncf" else real_find_spec(name))
+    with pytest.raises(BackendUnavailable, match=r"precision 'int8'.*mobile_sam\[int8\]"):
+        resolve_backend("openvino", "int8", CPU)
+    assert resolve_backend("auto", "int8", CPU) == "onnxruntime"  # the int8 it can run
+
+
+# ------------------------------------------------------------------ conversion="background"
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="openvino is not installed")
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_background_conversion_starts_after_the_first_mask(tiny_sam, rng, monkeypatch, tmp_path):
+    """A fresh cache: the first image and mask come from eager torch, with nothing converted
+    meanwhile; then the conversion runs in the background, and the next image uses it."""
+    import copy
+
+    from mobile_sam.runtime import background
+
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    model = copy.deepcopy(tiny_sam)  # its own decoder runners
+    submitted = []
+    real_submit = background._submit
+    monkeypatch.setattr(background, "_submit", lambda job: (submitted.append(job.name),
+                                                            real_submit(job)))
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    point, label = np.array([[30.0, 20.0]]), np.array([1])
+    ref = SamPredictor(model, backend="torch")
+    ref.set_image(image)
+    want = ref.predict(point, label, return_logits=True)
+
+    p = SamPredictor(model, backend="openvino", conversion="background")
+    p.set_image(image)
+    assert submitted == [] and _files(tmp_path) == []
+    torch.testing.assert_close(p.get_image_embedding(), ref.get_image_embedding(), atol=0, rtol=0)
+    got = p.predict(point, label, return_logits=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert len(submitted) == 2  # the encoder's and the decoder's conversions
+    encoder, decoder = p._encoder, p._runners[False]
+    assert encoder.job.wait() is not None and decoder.job.wait() is not None
+    assert {"encoder.onnx", "full1.xml", "prompt.xml"} <= set(_files(tmp_path))
+    assert not [n for n in _files(tmp_path) if n.startswith(".export")]
+
+    p.set_image(image)  # now served by the converted models
+    torch.testing.assert_close(p.get_image_embedding(), ref.get_image_embedding(),
+                               atol=1e-4, rtol=1e-4)
+    got = p.predict(point, label, return_logits=True)
+    np.testing.assert_allclose(got[1], want[1], atol=2e-3)
+    assert decoder._runner() is decoder.job.get()
+
+    later = SamPredictor(model, backend="openvino", conversion="background")
+    later.set_image(image)  # cached: the converted encoder at once, nothing submitted
+    assert not hasattr(later._encoder, "job") and len(submitted) == 2
+
+
+@needs_openvino
+def test_cached_conversion_converts_nothing(tiny_sam, rng, monkeypatch, tmp_path):
+    import copy
+
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    model = copy.deepcopy(tiny_sam)
+    p = SamPredictor(model, backend="openvino", conversion="cached")
+    for _ in range(2):
+        p.set_image(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+        p.predict(np.array([[30.0, 20.0]]), np.array([1]))
+    assert _files(tmp_path) == []
+    with pytest.raises(ValueError, match="conversion must be one of"):
+        SamPredictor(model, backend="openvino", conversion="later")
+    monkeypatch.setenv("MOBILE_SAM_CONVERSION", "soon")
+    with pytest.raises(ValueError, match="MOBILE_SAM_CONVERSION must be one of"):
+        SamPredictor(model, backend="openvino")
+
+
+def test_a_failed_background_conversion_leaves_eager_serving(tiny_sam, rng, caplog):
+    """The eager path keeps answering when the conversion fails; the failure is logged."""
+    from mobile_sam.runtime import Encoder
+    from mobile_sam.runtime.background import BackgroundEncoder, Job
+
+    def broken() -> Encoder:
+        raise RuntimeError("no space left on device")
+
+    calls = []
+    encoder = BackgroundEncoder(Encoder(lambda x: calls.append(x) or torch.zeros(1)),
+                                Job("converting the test encoder", broken))
+    encoder.job.start()
+    with caplog.at_level("WARNING", logger="mobile_sam.runtime.background"):
+        assert encoder.job.wait() is None
+    assert "no space left on device" in caplog.text
+    encoder(np.zeros(1))
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ int8 (NNCF)
+needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None
+                                or importlib.util.find_spec("openvino") is None,
+                                reason="nncf (mobile_sam[int8]) is not installed")
+
+
+@pytest.mark.slow
+@needs_nncf
+def test_int8_encoder_is_quantized_once_per_weights(tiny_sam, rng, monkeypatch, tmp_path):
+    """The int8 encoder is cached like the other conversions: a second predictor (or call)
+    loads it instead of quantizing again; new weights get their own."""
+    import copy
+
+    from mobile_sam.runtime import openvino
+
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    quantized = []
+    real = openvino.quantize_int8
+    monkeypatch.setattr(openvino, "quantize_int8",
+                        lambda m, inputs: (quantized.append(len(inputs)), real(m, inputs))[1])
+    model = copy.deepcopy(tiny_sam)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    path = openvino.cached_encoder_int8(model, images=[image])  # calibrated on one photo
+    assert quantized == [3]  # the photo whole, mirrored and cropped
+    first = SamPredictor(model, backend="openvino", precision="int8", conversion="wait")
+    first.set_image(image)
+    assert path == openvino.encoder_int8_path(model)
+    assert path.is_file() and path.with_suffix(".bin").is_file()
+    again = SamPredictor(model, backend="openvino", precision="int8", conversion="wait")
+    again.set_image(image)
+    torch.testing.assert_close(again.get_image_embedding(), first.get_image_embedding())
+    assert quantized == [3]
+    with torch.no_grad():
+        model.image_encoder.neck[1].bias.add_(1.0)
+    assert openvino.encoder_int8_path(model) != path
+
+
+@pytest.mark.slow
+@needs_nncf
+def test_int8_encoder_agrees_with_fp32_on_the_fixture(fixture_model, reference_dir,
+                                                      golden_arrays):
+    """Masks of the NNCF int8 encoder against the fixture's fp32 golden masks, over its photos
+    and prompts, calibrated on the fixture's photos and generated scenes. The fixture's
+    weights are random, so this checks the pipeline (which layers stay float, calibration),
+    not the agreement on real weights. Measured: mean IoU 0.949, minimum 0.801 (the aim was
+    0.95 / 0.8); quantizing the convolutions too gave 0.93 / 0.64-0.69, and a broken
+    calibration gives far less: the bounds below sit under the measured figures and above
+    those failures."""
+    from PIL import Image
+
+    from mobile_sam.runtime.calibration import generated_images
+    from mobile_sam.runtime.openvino import cached_encoder_int8
+
+    root = reference_dir / "fixture_a"
+    prompts = json.loads((root / "prompts.json").read_text())
+    photos = {info["name"]: np.asarray(Image.open(root / info["file"]).convert("RGB"))
+              for info in prompts["images"]}
+    cached_encoder_int8(fixture_model, images=[*photos.values(), *generated_images(3)],
+                        overwrite=True)
+    predictor = SamPredictor(fixture_model, backend="openvino", precision="int8",
+                             conversion="wait")
+    ious = []
+    for name, image in photos.items():
+        predictor.set_image(image)
+        for call in prompts["calls"]:
+            if call["image"] != name or call["api"] != "predict" or "mask_input" in call["args"]:
+                continue
+            args = call["args"]
+            masks, _, _ = predictor.predict(
+                point_coords=np.array(args["point_coords"]) if "point_coords" in args else None,
+                point_labels=np.array(args["point_labels"]) if "point_labels" in args else None,
+                box=np.array(args["box"]) if "box" in args else None,
+                multimask_output=args["multimask_output"])
+            for got, want in zip(masks, golden_arrays[call["outputs"]["masks"]]):
+                union = (got | want).sum()
+                ious.append(1.0 if union == 0 else (got & want).sum() / union)
+    assert len(ious) >= 15
+    assert np.mean(ious) >= 0.94 and np.min(ious) >= 0.75, (np.mean(ious), np.min(ious))

@@ -181,4 +181,54 @@ def test_interrupted_export_leaves_no_file(tiny_sam, monkeypatch, tmp_path):
         cache.cached_encoder_onnx(tiny_sam)
     folder = cache.encoder_onnx_folder(tiny_sam)
     assert folder.is_relative_to(tmp_path)
-    assert list(folder.iterdir()) == []
+    assert [p.name for p in folder.iterdir()] == [".lock"]  # the lock file only
+
+
+def test_concurrent_exports_make_the_file_once(tiny_sam, monkeypatch, tmp_path):
+    """Two exporters of the same graph at once (threads here; processes share the same file
+    lock): the second waits for the first's file instead of exporting beside it, and neither
+    ever sees a partial file."""
+    import threading
+    import time
+
+    from mobile_sam.onnx import export
+
+    exports = []
+
+    def slow_export(model, path, opset):
+        exports.append(path)
+        Path(path).write_bytes(b"first half")
+        time.sleep(0.3)
+        Path(path).write_bytes(b"the whole graph")
+
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    monkeypatch.setattr(export, "export_encoder", slow_export)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.cached_encoder_onnx(tiny_sam)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(exports) == 1
+    assert len(results) == 2 and results[0] == results[1]
+    assert results[0].read_bytes() == b"the whole graph"
+    assert sorted(p.name for p in results[0].parent.iterdir()) == [".lock", "encoder.onnx"]
+
+
+def test_weights_changed_during_an_export_are_not_cached(tiny_sam, monkeypatch, tmp_path):
+    from mobile_sam.onnx import export
+
+    model = copy.deepcopy(tiny_sam)
+
+    def export_while_training(m, path, opset):
+        Path(path).write_bytes(b"graph")
+        with torch.no_grad():
+            model.image_encoder.neck[1].bias.add_(1.0)
+
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(tmp_path))
+    monkeypatch.setattr(export, "export_encoder", export_while_training)
+    folder = cache.encoder_onnx_folder(model)
+    with pytest.raises(RuntimeError, match="weights changed while the graph was exported"):
+        cache.cached_encoder_onnx(model)
+    assert [p.name for p in folder.iterdir()] == [".lock"]

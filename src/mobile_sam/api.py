@@ -548,8 +548,9 @@ class SAM:
     by ``mobile-sam export`` (or an :class:`~mobile_sam.onnx.OnnxPredictor`), which runs in
     onnxruntime without torch. ``device``: torch
     device; None keeps an instance where it is and puts a loaded model on the CPU.
-    ``backend``, ``precision``: where the model runs, as for :class:`SamPredictor`
-    (``"auto"``/``"fp32"``: the fastest installed backend with fp32 results).
+    ``backend``, ``precision``, ``conversion``: where the model runs and what runs while it is
+    converted, as for :class:`SamPredictor` (``"auto"``/``"fp32"``: the fastest installed
+    backend with fp32 results).
 
     The image embedding of the last source is kept: predicting the same pixels again (same
     array, file or image content) only runs the decoder.
@@ -557,7 +558,7 @@ class SAM:
 
     def __init__(self, model: str | os.PathLike[str] | Sam | OnnxPredictor = "vit_t",
                  device: str | torch.device | None = None, *, backend: str = "auto",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", conversion: str | None = None) -> None:
         self.model: Sam | OnnxPredictor
         self.predictor: SamPredictor | OnnxPredictor
         self._image_key: tuple[Any, ...] | None = None
@@ -565,6 +566,7 @@ class SAM:
             model = open_export_folder(model, backend=backend, precision=precision,
                                        device=device)
         self._backend, self._precision = backend, precision
+        self._conversion = conversion
         if isinstance(model, OnnxPredictor):
             self.model = self.predictor = model
             return
@@ -586,7 +588,8 @@ class SAM:
         if device is not None or not isinstance(model, Sam):
             sam = sam.to(_torch_device(device if device is not None else "cpu"))
         self.model = sam.eval()
-        self.predictor = SamPredictor(self.model, backend=backend, precision=precision)
+        self.predictor = SamPredictor(self.model, backend=backend, precision=precision,
+                                      conversion=conversion)
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Result]:
         return self.predict(*args, **kwargs)
@@ -604,7 +607,8 @@ class SAM:
         if target != self.predictor.device:
             self.model = self.model.to(target)
             self.predictor = SamPredictor(self.model, backend=self._backend,
-                                          precision=self._precision)
+                                          precision=self._precision,
+                                          conversion=self._conversion)
             self._image_key = None
         return self
 

@@ -17,6 +17,7 @@ Predictor interface (all numpy):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,46 @@ def _coarse_to_fine(grid: np.ndarray) -> list[np.ndarray]:
     return [np.nonzero(coarse)[0], np.nonzero(~coarse)[0]]
 
 
+class _BatchCounter:
+    """Counts an image's prompt batches and reports each one to the callbacks as
+    ``callback(done, total)``. A callback that raises stops the generation there."""
+
+    def __init__(self, total: int, callbacks: list[Callable[[int, int], Any]]) -> None:
+        self.done, self.total, self.callbacks = 0, total, callbacks
+
+    def skip(self, batches: int) -> None:
+        """Batches counted in the total that will not run (fast mode's covered points): the
+        callbacks hear the lowered total at once, with `done` unchanged."""
+        if batches > 0:
+            self.total -= batches
+            for callback in self.callbacks:
+                callback(self.done, self.total)
+
+    def finished_one(self) -> None:
+        self.done += 1
+        for callback in self.callbacks:
+            callback(self.done, self.total)
+
+
+def _progress_bar() -> Callable[[int, int], None]:
+    """A callback drawing a tqdm bar of an image's prompt batches on a terminal (nothing
+    elsewhere); it closes itself on the last batch."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc="prompt batches", unit="batch", leave=False, disable=None)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+def _batches(n: int, size: int) -> int:
+    return -(-n // size)
+
+
 def _pack_masks(masks: np.ndarray) -> np.ndarray:
     """(N, h, w) bool -> (N, ceil(h·w / 8)) uint8: candidates are kept packed until the crop's
     NMS, which drops most of them, so only the masks kept are run-length encoded."""
@@ -126,6 +167,15 @@ class SamAutomaticMaskGenerator:
         with large confident objects; masks that only a skipped point would have found are
         missed. The decoder may also run in float16 where the CPU computes it natively
         (OpenVINO on AVX512-FP16 CPUs: ~1.4x faster per point).
+    on_batch: called as ``on_batch(done, total)`` after each batch of ``points_per_batch``
+        prompts, within ``generate``: ``done`` counts the image's batches so far (1, 2, ...),
+        ``total`` is the number of batches of the image, all crops included; the last call
+        has ``done == total``. In fast mode ``total`` starts as if every point ran; when
+        points covered by confident masks are skipped, one call reports the lowered total
+        with ``done`` unchanged. An exception raised by the callback stops the generation
+        and propagates out of ``generate`` (a way to cancel, e.g. in a server).
+    progress: show a progress bar of the image's prompt batches on a terminal (tqdm; nothing
+        when stderr is not a terminal).
     """
 
     # The checked options, set in __init__ from `check_generator_options`.
@@ -159,6 +209,8 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         mode: str = "exact",
+        on_batch: Callable[[int, int], Any] | None = None,
+        progress: bool = False,
     ) -> None:
         if mode not in _MODES:
             raise PromptError("mode", f"mode must be one of {_MODES}, got {mode!r}")
@@ -191,6 +243,11 @@ class SamAutomaticMaskGenerator:
             raise PromptError("output_mode",
                               f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
         self.output_mode = output_mode
+        if on_batch is not None and not callable(on_batch):
+            raise PromptTypeError("on_batch", "on_batch must be a callable(done, total), got "
+                                              f"{type(on_batch).__name__}")
+        self.on_batch = on_batch
+        self.progress = bool(progress)
         self.predictor = self._as_predictor(model)
 
     @staticmethod
@@ -286,8 +343,9 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
+        counter = self._batch_counter(layer_idxs)
         parts = [
-            self._process_crop(image, crop_box, layer_idx, orig_size)
+            self._process_crop(image, crop_box, layer_idx, orig_size, counter)
             for crop_box, layer_idx in zip(crop_boxes, layer_idxs)
         ]
         data = MaskData.concat(parts)
@@ -298,12 +356,25 @@ class SamAutomaticMaskGenerator:
             data.filter(nms(data["boxes"], scores, self.crop_nms_thresh))
         return data
 
+    def _batch_counter(self, layer_idxs: list[int]) -> _BatchCounter:
+        """The image's batch counter: every crop's grid in batches of points_per_batch."""
+        callbacks = [] if self.on_batch is None else [self.on_batch]
+        if self.progress:
+            callbacks.append(_progress_bar())
+        # Fast mode batches each level of the grid apart; its total drops as points are skipped.
+        levels = {i: _coarse_to_fine(self.point_grids[i]) if self.mode == "fast"
+                  else [self.point_grids[i]] for i in set(layer_idxs)}
+        total = sum(_batches(len(level), self.points_per_batch)
+                    for i in layer_idxs for level in levels[i])
+        return _BatchCounter(total, callbacks)
+
     def _process_crop(
         self,
         image: np.ndarray,
         crop_box: list[int],
         layer_idx: int,
         orig_size: tuple[int, int],
+        counter: _BatchCounter,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
@@ -317,6 +388,7 @@ class SamAutomaticMaskGenerator:
                 for start in range(0, len(points_for_image), self.points_per_batch):
                     points = points_for_image[start : start + self.points_per_batch]
                     parts.append(self._process_batch(points, crop_box, orig_size))
+                    counter.finished_one()
             else:
                 covered = np.zeros((crop_h, crop_w), dtype=bool)
                 for level in _coarse_to_fine(grid):
@@ -324,9 +396,12 @@ class SamAutomaticMaskGenerator:
                     cols = np.clip(points[:, 0].astype(np.int64), 0, crop_w - 1)
                     rows = np.clip(points[:, 1].astype(np.int64), 0, crop_h - 1)
                     points = points[~covered[rows, cols]]
+                    counter.skip(_batches(len(level), self.points_per_batch)
+                                 - _batches(len(points), self.points_per_batch))
                     for start in range(0, len(points), self.points_per_batch):
                         batch = points[start : start + self.points_per_batch]
                         parts.append(self._process_batch(batch, crop_box, orig_size, covered))
+                        counter.finished_one()
         finally:
             self.predictor.reset_image()
         data = MaskData.concat(parts)

@@ -28,20 +28,28 @@ from .runtime import (
     decode_masks,
     default_backend,
     make_encoder,
+    resolve_precision,
     shared_decoder,
     weights_fingerprint,
 )
+from .runtime.background import check_conversion
 from .transforms import MaskUpscaler, ResizeLongestSide, mask_upscaler, prepare_image
 
 
 class SamPredictor:
     """Computes the image embedding once, then decodes masks for any number of prompts."""
 
-    def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32") -> None:
+    def __init__(self, sam_model: Sam, backend: str = "auto", precision: str = "fp32",
+                 conversion: str | None = None) -> None:
         """backend: where the model runs, "auto" | "torch" | "onnxruntime" | "openvino"
         (the encoder on the backend; the decoder in OpenVINO for "openvino", else in torch);
-        precision: the encoder's, "fp32" | "int8" (onnxruntime) | "bf16" (openvino). See
-        `mobile_sam.runtime`."""
+        precision: the encoder's, "fp32" | "auto" (the fastest with fp32's masks on this
+        CPU: bf16 with AMX, else fp32) | "int8" (onnxruntime, openvino) | "bf16" (openvino).
+        conversion: while the backend's converted model is not cached yet, "background"
+        (eager torch serves; converted in a background thread once the first mask is out,
+        used when ready), "wait" (convert before the first call) or "cached" (eager torch,
+        convert nothing); None: $MOBILE_SAM_CONVERSION, else "background". See
+        `mobile_sam.runtime.background`."""
         if not isinstance(sam_model, Sam):
             raise TypeError("sam_model must be a mobile_sam Sam model, e.g. "
                             "sam_model_registry['vit_t'](checkpoint='mobile_sam.pt'), got "
@@ -49,7 +57,8 @@ class SamPredictor:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
         self.backend = default_backend(sam_model, backend, precision)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.backend)
+        self.conversion = check_conversion(conversion)
         # Prompts decoded together by predict_point_batch on a CPU: eager torch is fastest
         # with few (the 4096-token activations stay in cache), the compiled graph with more.
         self.cpu_decoder_batch = 8 if self.backend == "openvino" else 2
@@ -68,6 +77,8 @@ class SamPredictor:
         """Embed an image: H, W, 3 uint8 (gray and RGBA are converted, see
         `mobile_sam.prompts.check_image`)."""
         image = check_image(image, image_format, long_side=self.model.img_size)
+        if self.is_image_set:  # a second image: no longer the first call, convert now
+            self._start_conversions()
         if self.backend == "torch":
             resized = self.transform.apply_image(image)
             tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=self.device)[None]
@@ -81,9 +92,19 @@ class SamPredictor:
         model's weights have changed since it was made."""
         fingerprint = weights_fingerprint(self.model.image_encoder)
         if self._encoder is None or fingerprint != self._encoder_fingerprint:
-            self._encoder = make_encoder(self.model, self.backend, self.precision)
+            self._encoder = make_encoder(self.model, self.backend, self.precision,
+                                         conversion=self.conversion)
             self._encoder_fingerprint = fingerprint
         return self._encoder(x)
+
+    def _start_conversions(self) -> None:
+        """Start the background conversions (`conversion="background"`) of the encoder and
+        decoder in use, if any: called once the first mask is out, so that the conversion
+        does not slow the first call down."""
+        for runner in (self._encoder, *self._runners.values()):
+            job = getattr(runner, "job", None)
+            if job is not None:
+                job.start()
 
     @torch.inference_mode()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
@@ -181,6 +202,7 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.mask_threshold
         iou_np: np.ndarray = iou[0].cpu().numpy()
+        self._start_conversions()
         return masks, iou_np, low_res_np
 
     @torch.inference_mode()
@@ -210,6 +232,7 @@ class SamPredictor:
         masks = self._upscale(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
+        self._start_conversions()
         return masks, iou, low_res
 
     def predict_batch(
@@ -281,7 +304,7 @@ class SamPredictor:
         once per image (like the per-image decoder cache): weights changed after `set_image`
         take effect at the next image."""
         if half not in self._runners:
-            self._runners[half] = shared_decoder(self.model, self.backend, half)
+            self._runners[half] = shared_decoder(self.model, self.backend, half, self.conversion)
             if self._encoder is not None:  # prompting now: the encoder's buffers can go
                 self._encoder.release_memory()
         return self._runners[half]
@@ -309,13 +332,16 @@ class SamPredictor:
         # batch of 64 is memory-bound and slower per prompt (and needs ~1.5 GB).
         step = len(coords_t) if self.device.type != "cpu" else self.cpu_decoder_batch
         if min_iou is not None:
-            return self._decode_kept_points(coords_t, labels_t, step, min_iou, half_precision)
+            kept = self._decode_kept_points(coords_t, labels_t, step, min_iou, half_precision)
+            self._start_conversions()
+            return kept
         parts = [self._decode(coords_t[i:i + step], labels_t[i:i + step], None, True, None,
                               half_precision) for i in range(0, len(coords_t), step)]
         low_res = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 3, 1, 1)
         iou = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3)
         low_res_np: np.ndarray = low_res.cpu().numpy()
         iou_np: np.ndarray = iou.cpu().numpy()
+        self._start_conversions()
         return low_res_np, iou_np
 
     def _decode_kept_points(self, coords: torch.Tensor, labels: torch.Tensor, step: int,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # `mobile_sam.runtime.BACKENDS` and `PRECISIONS`, written out so that building the parser does
 # not import torch (tests/test_torchfree.py checks they stay equal).
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
-PRECISION_CHOICES = ("fp32", "int8", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "int8", "bf16")
 
 
 class UserError(Exception):
@@ -42,7 +42,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="auto (default): OpenVINO if installed, else onnxruntime, else torch")
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
-                        help="encoder precision: fp32 (default), bf16 (openvino), int8 (onnxruntime)")
+                        help="encoder precision: fp32 (default), auto (bf16 where the CPU makes it "
+                             "faster: AMX; else fp32), bf16 (openvino), int8 (openvino with "
+                             "NNCF, or onnxruntime)")
 
 
 def set_threads(threads: int | None) -> None:

@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
             sam = SAM(load_model_or_folder(args), backend=args.backend,  # model errors end the run
                       precision=args.precision)
         try:
-            result = sam.predict(image, **generator_kwargs)[0]
+            # progress: a bar of the prompt batches within the image, under the images bar
+            result = sam.predict(image, progress=True, **generator_kwargs)[0]
             result.path = str(image_path)
             _write(result, image_path, base, out)
             if dataset is not None:

@@ -20,6 +20,7 @@ the whole run under `<out>/<format>/`, labelled `--label` (see `cli/_dataset.py`
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         if sam is None:
-            sam = SAM(load_model_or_folder(args), backend=args.backend,  # model errors end the run
-                      precision=args.precision)
+            model = load_model_or_folder(args)  # model errors end the run
+            sam = SAM(model, backend=args.backend, precision=args.precision,
+                      conversion=_conversion(len(images)))
         try:
             result = sam.predict(image, multimask_output=args.multimask, **prompt_args)[0]
             result.path = str(image_path)
@@ -163,7 +165,20 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             report("segment", f"{dataset.format} dataset not written: {exc}")
             failed += 1
+    if sam is not None:
+        from ..runtime.background import finish_conversions
+
+        finish_conversions()
     return 1 if failed else 0
+
+
+def _conversion(images: int) -> str | None:
+    """One image: eager torch unless the converted model is cached (converting would take
+    longer than the run); several: converted in the background meanwhile, and cached for the
+    next runs. $MOBILE_SAM_CONVERSION decides when set."""
+    if images > 1 or "MOBILE_SAM_CONVERSION" in os.environ:
+        return None
+    return "cached"
 
 
 def _write(result: Result, image_path: Path, base: Path, out: Path) -> Path:

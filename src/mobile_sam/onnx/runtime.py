@@ -185,6 +185,8 @@ def open_export_folder(folder: str | os.PathLike[str], *, backend: str = "auto",
     if device is not None and str(device) != "cpu":
         raise ValueError(f"{folder} is an exported ONNX folder: it runs on the CPU, got "
                          f"device {str(device)!r}")
+    if precision == "auto":  # the folder's fp32 files; int8 only when asked for
+        precision = "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"{folder} is an exported ONNX folder: precision must be one of "
                          f"{PRECISIONS}, got {precision!r}")

@@ -6,8 +6,9 @@ unchanged (`weights_fingerprint`). On disk, an exported graph lives in the cache
 weights (`weights_digest`) and the source of every mobile_sam file its code comes from
 (`graph_sources`), so that a changed checkpoint or a changed line of model code never reuses
 a stale file; the torch and converter versions name the folder too. Files are exported into a
-temporary folder and renamed into place (`exporting`): concurrent or interrupted exports
-leave no partial file.
+temporary folder and renamed into place (`exporting`): an interrupted export leaves no partial
+file, and a lock on the folder makes a second process wait for the first one's files rather
+than convert the same graphs beside it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -121,16 +123,53 @@ def graph_key(weights: Iterable[nn.Module], graphs: Iterable[nn.Module],
 
 
 @contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` shared by every process (fcntl's advisory lock on
+    `folder/.lock`; where fcntl is missing, no lock: the atomic renames still keep every
+    file whole). Released when the process dies, so a crash never leaves it held."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(folder / ".lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def exporting(folder: Path) -> Iterator[Path]:
     """A fresh temporary folder inside `folder` (created if needed) to export into; the caller
-    renames each finished file into `folder` (atomic: same file system). Removed on exit,
-    with whatever an interrupted export left in it."""
+    renames each finished file into `folder` (atomic: same file system). Held under the
+    folder's lock: callers check again, inside, whether another process made the files while
+    they waited. Removed on exit, with whatever an interrupted export left in it."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _folder_lock(folder):
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """One step of a conversion: a log line when it starts and one with its time when it ends
+    (logger `mobile_sam.runtime`, level INFO)."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", what, time.perf_counter() - start)
+
+
+def check_unchanged(module: nn.Module, fingerprint: tuple) -> None:
+    """Refuse to cache a graph whose module's weights changed while it was exported (it may
+    hold some of each): raises RuntimeError, and the export is not renamed into place."""
+    if weights_fingerprint(module) != fingerprint:
+        raise RuntimeError("the weights changed while the graph was exported; not cached")
 
 
 def encoder_onnx_folder(model: Sam) -> Path:
@@ -147,6 +186,7 @@ def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
     once and kept in the cache folder (`encoder_onnx_folder`)."""
     from ..onnx.export import export_encoder, quantize_encoder
 
+    fingerprint = weights_fingerprint(model.image_encoder)
     folder = encoder_onnx_folder(model)
     name = "encoder_int8.onnx" if int8 else "encoder.onnx"
     target = folder / name
@@ -155,10 +195,12 @@ def cached_encoder_onnx(model: Sam, int8: bool = False) -> Path:
     with exporting(folder) as tmp:
         fp32 = folder / "encoder.onnx"
         if not fp32.is_file():
-            log.warning("exporting the image encoder to ONNX once (cached in %s)", folder)
-            export_encoder(model, tmp / "encoder.onnx", ENCODER_OPSET)
+            with stage(f"exporting the image encoder to ONNX once (cached in {folder})"):
+                export_encoder(model, tmp / "encoder.onnx", ENCODER_OPSET)
+            check_unchanged(model.image_encoder, fingerprint)
             os.replace(tmp / "encoder.onnx", fp32)
-        if int8:
-            quantize_encoder(fp32, tmp / name)
+        if int8 and not target.is_file():
+            with stage("quantizing the ONNX image encoder to int8 once"):
+                quantize_encoder(fp32, tmp / name)
             os.replace(tmp / name, target)
     return target

@@ -1,0 +1,105 @@
+"""The int8 encoder (NNCF, OpenVINO) against our fp32 and bf16 encoders: speed side by side
+in one process, and mask agreement with fp32 on your images.
+
+    python benchmarks/bench_int8.py [--checkpoint mobile_sam.pt] [--images DIR_OR_FILES ...]
+                                    [--calibrate] [--rounds 10]
+
+Speed: `set_image` on one photo, each precision in turn within a round (calls seconds apart,
+the order rotating), median of the per-round ratios to fp32. Agreement: for every image, a
+4 x 4 grid of single-point prompts, three masks each: IoU of the int8 (and bf16) masks with
+fp32's. `--calibrate` quantizes the encoder again, calibrated on the given images (the cache
+keeps one int8 encoder per weights; without it, the cached one is used, made from generated
+images if none was calibrated yet). With the fixture's random weights the agreement figures
+check the pipeline only; run this on your checkpoint and images to know what int8 does there.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, table  # noqa: E402
+
+PRECISIONS = ("fp32", "int8", "bf16")
+
+
+def load_images(items: list[str]) -> dict[str, np.ndarray]:
+    from mobile_sam.io import load_image
+
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) \
+            if path.is_dir() else [path]
+    return {p.name: load_image(p) for p in paths}
+
+
+def mask_ious(a: np.ndarray, b: np.ndarray) -> list[float]:
+    union = (a | b).sum(axis=(1, 2))
+    inter = (a & b).sum(axis=(1, 2))
+    return [1.0 if u == 0 else float(i / u) for i, u in zip(inter, union)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(FIXTURE_CHECKPOINT))
+    parser.add_argument("--images", nargs="+", default=[str(REFERENCE / "fixture_a")])
+    parser.add_argument("--calibrate", action="store_true",
+                        help="quantize again, calibrated on --images")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    import torch
+
+    from mobile_sam import SamPredictor, load_sam
+    from mobile_sam.runtime.openvino import cached_encoder_int8
+
+    torch.set_num_threads(2)
+    print(machine())
+    model = load_sam(args.checkpoint).eval()
+    images = load_images(args.images)
+    if args.calibrate:
+        cached_encoder_int8(model, images=list(images.values()), overwrite=True)
+    predictors = {p: SamPredictor(model, backend="openvino", precision=p, conversion="wait")
+                  for p in PRECISIONS}
+    photo = next(iter(images.values()))
+    for p in predictors.values():  # compile and warm up
+        p.set_image(photo)
+    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for r in range(args.rounds):
+        order = PRECISIONS[r % 3:] + PRECISIONS[:r % 3]
+        for name in order:
+            start = time.perf_counter()
+            predictors[name].set_image(photo)
+            times[name].append(time.perf_counter() - start)
+    ious: dict[str, list[float]] = {"int8": [], "bf16": []}
+    for image in images.values():
+        h, w = image.shape[:2]
+        grid = [(x, y) for y in np.linspace(0, h, 6)[1:-1] for x in np.linspace(0, w, 6)[1:-1]]
+        for p in predictors.values():
+            p.set_image(image)
+        for point in grid:
+            prompt = (np.array([point]), np.array([1]))
+            want = predictors["fp32"].predict(*prompt)[0]
+            for name in ious:
+                ious[name] += mask_ious(predictors[name].predict(*prompt)[0], want)
+    rows = []
+    for name in PRECISIONS:
+        ratios = [f / t for f, t in zip(times["fp32"], times[name])]
+        agree = "" if name == "fp32" else \
+            f"mean {np.mean(ious[name]):.3f}, min {np.min(ious[name]):.3f} ({len(ious[name])} masks)"
+        rows.append([name, f"{1000 * statistics.median(times[name]):.0f} ms",
+                     f"x{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                     agree])
+    print(f"set_image on {photo.shape[1]}x{photo.shape[0]}, {args.rounds} rounds; "
+          f"{len(images)} image(s) for agreement")
+    print(table(rows, ["encoder", "median", "speed-up over fp32", "mask IoU vs fp32"]))
+
+
+if __name__ == "__main__":
+    main()
