@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, table  # noqa: E402
+from _common import REFERENCE, fixture_checkpoint, machine, table  # noqa: E402
 
 PYTHON_FIRST_MASK = """
 import sys, time
@@ -84,9 +84,10 @@ def summary(values: list[float], eager: list[float]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--checkpoint", default=str(FIXTURE_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=None, help="vit_t checkpoint (default: fixture_a's)")
     parser.add_argument("--image", default=str(REFERENCE / "fixture_a" / "truck_640x427.png"))
     args = parser.parse_args()
+    args.checkpoint = args.checkpoint or str(fixture_checkpoint())
     print(machine())
     work = Path(tempfile.mkdtemp(prefix="bench_first-"))
     times: dict[str, list[float]] = {}

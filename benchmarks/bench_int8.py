@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CHECKPOINT, REFERENCE, machine, table  # noqa: E402
+from _common import REFERENCE, fixture_checkpoint, machine, table  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "bf16")
 
@@ -47,12 +47,13 @@ def mask_ious(a: np.ndarray, b: np.ndarray) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(FIXTURE_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=None, help="vit_t checkpoint (default: fixture_a's)")
     parser.add_argument("--images", nargs="+", default=[str(REFERENCE / "fixture_a")])
     parser.add_argument("--calibrate", action="store_true",
                         help="quantize again, calibrated on --images")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    args.checkpoint = args.checkpoint or str(fixture_checkpoint())
 
     import torch
 
