@@ -165,8 +165,10 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             report("segment", f"{dataset.format} dataset not written: {exc}")
             failed += 1
-    if sam is not None:
-        from ..runtime.background import finish_conversions
+    from ..onnx.runtime import OnnxPredictor
+
+    if sam is not None and not isinstance(sam.predictor, OnnxPredictor):  # export folders
+        from ..runtime.background import finish_conversions  # convert nothing, need no torch
 
         finish_conversions()
     return 1 if failed else 0
