@@ -35,8 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--teacher", required=True,
                    help="vit_h, vit_l, vit_b, vit_t (published weights) or a checkpoint path")
     c.add_argument("--images", required=True,
-                   help="image folder (searched recursively), or a .txt/.lst file listing image "
-                        "paths (one per line, relative to its folder or absolute)")
+                   help="image folder (searched recursively, .tar shards included), or a "
+                        ".txt/.lst file listing image paths (one per line, relative to its "
+                        "folder or absolute); local or an fsspec URL (s3://, gs://, file://; "
+                        "needs mobile-sam[cloud])")
     c.add_argument("--out", required=True, help="cache folder (resumed when it exists)")
     c.add_argument("--shard-size", type=int, default=64, help="images per shard file")
     c.add_argument("--batch-size", type=int, default=1, help="images per teacher forward")
@@ -99,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--stop-after", type=int, default=None,
                    help="end this invocation after N steps (with a checkpoint); --resume later")
     t.add_argument("--images", default=None,
-                   help="image folder, if it moved since the cache was built")
+                   help="image folder (path or fsspec URL), if the images moved since the "
+                        "cache was built")
     _common(t)
     t.set_defaults(func=run_train)
 

@@ -41,6 +41,7 @@ from .data import CachedEmbeddingDataset, image_exists, split_indices
 from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
 from .schedule import lr_at, micro_batches, rank_order, step_seed
+from .sources import as_location, join
 from .teacher_cache import CacheError, EmbeddingCache
 
 CHECKPOINT_FORMAT = "mobile_sam.distill_checkpoint/1"
@@ -267,8 +268,8 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
     if config.stage == "encoder":
         load_prompt_decoder(model, cache.prompt_decoder(), source=str(cache.folder))
 
-    root = Path(options.images).expanduser() if options.images else cache.image_root
-    missing = [e.rel for e in cache.entries if not image_exists(root / e.rel)]
+    root = as_location(options.images) if options.images else cache.image_root
+    missing = [e.rel for e in cache.entries if not image_exists(join(root, e.rel))]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the cache's {len(cache)} images are missing "
                                 f"under {root} (e.g. {missing[:3]}); pass --images if they moved")
@@ -383,8 +384,7 @@ class _Trainer:
                 find_unused_parameters=hp.stage == "decoder")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(hp.precision)
         self.log = _Log(run / "log.jsonl", info.is_main, self.step if ckpt is not None else None)
-        self.dataset = CachedEmbeddingDataset(cache, range(len(cache)),
-                                              Path(options.images) if options.images else None)
+        self.dataset = CachedEmbeddingDataset(cache, range(len(cache)), options.images)
         self.prompt_loss = None
         if hp.prompt_loss_weight > 0:
             from .prompt_loss import PromptLoss

@@ -37,6 +37,7 @@ from ..io import ImageLoadError, atomic_write, save_json
 from . import dist
 from .data import ImageItem, images_root, list_images, model_input, read_image
 from .models import LoadedModel, embedding_shape, file_sha256, prompt_decoder_state
+from .sources import Location, is_url, join
 
 FORMAT = "mobile_sam.teacher_cache/1"
 MANIFEST = "manifest.json"
@@ -64,12 +65,33 @@ def _shard_name(i: int) -> str:
 
 
 def _teacher_info(teacher: LoadedModel) -> dict[str, Any]:
-    return {"source": teacher.source, "path": str(teacher.path), "sha256": teacher.sha256,
-            "config": config_to_dict(teacher.config)}
+    # Names only (vit_h, teacher.pt): no machine-specific path in the cache.
+    return {"source": Path(teacher.source).name, "path": Path(teacher.path).name,
+            "sha256": teacher.sha256, "config": config_to_dict(teacher.config)}
 
 
-def _make_plan(teacher: LoadedModel, root: Path, items: Sequence[ImageItem],
-               shard_size: int, decode_at_size: bool) -> dict[str, Any]:
+def _recorded_root(root: Location, out: Path) -> str:
+    """How the manifest names the image root: a URL as given, a local folder relative to the
+    cache folder (so the two can move together and no machine's absolute path is stored)."""
+    if isinstance(root, str):
+        return root
+    try:
+        return Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(root.resolve())
+
+
+def resolve_root(recorded: str, folder: Path) -> Location:
+    """The image root a manifest names (see `_recorded_root`; older caches hold an absolute
+    path), as a location."""
+    if is_url(recorded):
+        return recorded
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(folder.resolve() / path))
+
+
+def _make_plan(teacher: LoadedModel, root: Location, items: Sequence[ImageItem],
+               shard_size: int, decode_at_size: bool, out: Path) -> dict[str, Any]:
     rels = [item.rel for item in items]
     return {
         "format": FORMAT,
@@ -79,7 +101,7 @@ def _make_plan(teacher: LoadedModel, root: Path, items: Sequence[ImageItem],
         "embedding_shape": list(embedding_shape(teacher.config)),
         "dtype": "float16",
         "shard_size": shard_size,
-        "images_root": str(root.resolve()),
+        "images_root": _recorded_root(root, out),
         "num_planned": len(rels),
         "images_sha256": hashlib.sha256("\n".join(rels).encode()).hexdigest(),
         "images": rels,
@@ -127,7 +149,7 @@ def _embed(teacher: torch.nn.Module, images: list[np.ndarray], device: torch.dev
     return emb.float().half().cpu().numpy()
 
 
-def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: Path, i: int,
+def _compute_shard(teacher: LoadedModel, root: Location, rels: Sequence[str], out: Path, i: int,
                    batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
                    tick: Callable[[int], None], warn: Callable[[str], None],
                    long_side: int | None) -> dict[str, Any]:
@@ -144,7 +166,7 @@ def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: P
 
     for rel in rels:
         try:
-            rgb, sha = read_image(root / rel, long_side)
+            rgb, sha = read_image(join(root, rel), long_side)
         except (ImageLoadError, OSError) as exc:
             skipped.append({"rel": rel, "error": str(exc)})
             warn(f"skipping: {exc}")
@@ -195,7 +217,7 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out must be a folder, got a file: {out}")
-    plan = _make_plan(teacher, root, items, shard_size, decode_at_size)
+    plan = _make_plan(teacher, root, items, shard_size, decode_at_size, out)
 
     problem: str | None = None
     if info.is_main:
@@ -288,7 +310,7 @@ class EmbeddingCache:
         self.teacher: dict[str, Any] = manifest["teacher"]
         self.image_size: int = int(manifest["image_size"])
         self.embedding_shape: tuple[int, int, int] = tuple(manifest["embedding_shape"])  # type: ignore[assignment]
-        self.image_root = Path(manifest["images_root"])
+        self.image_root = resolve_root(manifest["images_root"], folder)
         self.entries = [CacheEntry(e["rel"], e["sha256"], tuple(e["size"]), e["shard"], e["row"])
                         for e in manifest["entries"]]
         self.skipped: list[dict[str, str]] = manifest["skipped"]
