@@ -48,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="decode large JPEGs at a reduced scale (1/2, 1/4, 1/8) that still covers "
                         "the model's input size: much faster loading, not pixel-identical to "
                         "the predictor's preprocessing; training follows the cache's setting")
+    c.add_argument("--views", type=int, default=1, metavar="K",
+                   help="cache K views per image: the image itself and K-1 augmented views "
+                        "(horizontal flip, scale-jitter crop; seed recorded per entry); "
+                        "training uses one view per image per epoch (default 1: no augmentation)")
     c.add_argument("--verify", action="store_true",
                    help="re-hash every shard of the finished cache against the manifest")
     _common(c)
@@ -135,15 +139,17 @@ def run_cache(args: argparse.Namespace) -> int:
             dist.barrier()
         cache = build_cache(teacher, args.images, args.out, shard_size=args.shard_size,
                             batch_size=args.batch_size, info=info, precision=args.precision,
-                            progress=args.progress, decode_at_size=args.decode_at_size)
+                            progress=args.progress, decode_at_size=args.decode_at_size,
+                            views=args.views)
         if cache is not None:
             if args.verify:
                 cache.verify()
             size = sum(s["bytes"] for s in cache.manifest["shards"])
             n = len(cache)
+            views = f" ({cache.views} views of {len(cache.groups)} images)" if cache.views > 1 else ""
             print(f"cached {n} teacher embeddings {'x'.join(map(str, cache.embedding_shape))} "
-                  f"fp16 in {cache.folder}: {size / 2**20:.1f} MiB "
-                  f"({size / 2**20 / n * 1000:.0f} MiB per 1000 images)")
+                  f"fp16{views} in {cache.folder}: {size / 2**20:.1f} MiB "
+                  f"({size / 2**20 / len(cache.groups) * 1000:.0f} MiB per 1000 images)")
             if cache.skipped:
                 print(f"skipped {len(cache.skipped)} unreadable images (listed under 'skipped' in "
                       f"{cache.folder / 'manifest.json'}):", file=sys.stderr)

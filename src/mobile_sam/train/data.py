@@ -364,7 +364,7 @@ class CachedEmbeddingDataset:
         if sha != entry.sha256:
             raise ValueError(f"{path} changed since the cache was built (sha256 {sha[:12]}… vs "
                              f"{entry.sha256[:12]}… in the manifest); rebuild the cache")
-        image, input_hw = model_input(rgb, self.cache.image_size)
+        image, input_hw = model_input(self.cache.view_pixels(index, rgb), self.cache.image_size)
         target = self.cache.embedding(index).astype(np.float32)
         return {"image": torch.from_numpy(image), "target": torch.from_numpy(target),
                 "index": index, "input_hw": torch.tensor(input_hw)}
