@@ -48,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="decode large JPEGs at a reduced scale (1/2, 1/4, 1/8) that still covers "
                         "the model's input size: much faster loading, not pixel-identical to "
                         "the predictor's preprocessing; training follows the cache's setting")
+    c.add_argument("--cache-codec", default="fp16", choices=("fp16", "int8"),
+                   help="how embeddings are stored: fp16 (2 MiB per 256x64x64 embedding) or "
+                        "int8 with a float32 scale per channel (half that; each value within "
+                        "max|channel|/254 of the teacher's)")
     c.add_argument("--views", type=int, default=1, metavar="K",
                    help="cache K views per image: the image itself and K-1 augmented views "
                         "(horizontal flip, scale-jitter crop; seed recorded per entry); "
@@ -140,7 +144,7 @@ def run_cache(args: argparse.Namespace) -> int:
         cache = build_cache(teacher, args.images, args.out, shard_size=args.shard_size,
                             batch_size=args.batch_size, info=info, precision=args.precision,
                             progress=args.progress, decode_at_size=args.decode_at_size,
-                            views=args.views)
+                            views=args.views, codec=args.cache_codec)
         if cache is not None:
             if args.verify:
                 cache.verify()
@@ -148,7 +152,7 @@ def run_cache(args: argparse.Namespace) -> int:
             n = len(cache)
             views = f" ({cache.views} views of {len(cache.groups)} images)" if cache.views > 1 else ""
             print(f"cached {n} teacher embeddings {'x'.join(map(str, cache.embedding_shape))} "
-                  f"fp16{views} in {cache.folder}: {size / 2**20:.1f} MiB "
+                  f"{cache.codec}{views} in {cache.folder}: {size / 2**20:.1f} MiB "
                   f"({size / 2**20 / len(cache.groups) * 1000:.0f} MiB per 1000 images)")
             if cache.skipped:
                 print(f"skipped {len(cache.skipped)} unreadable images (listed under 'skipped' in "

@@ -7,6 +7,7 @@ Layout of a cache folder:
     prompt_decoder.pt    the teacher's prompt encoder + mask decoder ({"config", "model"}),
                          so that training never needs the (large) teacher itself
     shard_00000.npy      float16 array (n, C, h, w): the embeddings of up to `shard_size` images
+                         (or the `--cache-codec int8` rows, see `codec`)
     shard_00000.json     its record: file size and sha256, and per image the relative path,
                          sha256 of the file's bytes and (H, W); images that could not be read
     manifest.json        written when every shard is done: everything above in one file
@@ -34,6 +35,7 @@ import torch
 
 from ..build import config_to_dict, safe_load
 from ..io import ImageLoadError, atomic_write, save_json
+from . import codec as codecs
 from . import dist
 from .augment import RECIPE, apply_view, pick_view, view_params, view_seed
 from .data import ImageItem, images_root, list_images, model_input, read_image
@@ -94,16 +96,19 @@ def resolve_root(recorded: str, folder: Path) -> Location:
 
 
 def _make_plan(teacher: LoadedModel, root: Location, items: Sequence[ImageItem],
-               shard_size: int, decode_at_size: bool, out: Path, views: int) -> dict[str, Any]:
+               shard_size: int, decode_at_size: bool, out: Path, views: int,
+               codec: str) -> dict[str, Any]:
     rels = [item.rel for item in items]
     augment = {"views": views, "augment": RECIPE} if views > 1 else {}
+    stored = {"codec": codec} if codec != "fp16" else {}
     return {
         "format": FORMAT,
         "decode": "at_size" if decode_at_size else "full",
         "teacher": _teacher_info(teacher),
         "image_size": teacher.config.image_size,
         "embedding_shape": list(embedding_shape(teacher.config)),
-        "dtype": "float16",
+        "dtype": "float16" if codec == "fp16" else "uint8",
+        **stored,
         "shard_size": shard_size,
         "images_root": _recorded_root(root, out),
         "num_planned": len(rels),
@@ -127,6 +132,9 @@ def _plan_conflict(old: dict[str, Any], new: dict[str, Any], out: Path) -> str |
     if old.get("decode", "full") != new["decode"]:
         return (f"{out} was started with decode {old.get('decode', 'full')!r}, not "
                 f"{new['decode']!r}; resume with the same --decode-at-size setting")
+    if old.get("codec", "fp16") != new.get("codec", "fp16"):
+        return (f"{out} was started with --cache-codec {old.get('codec', 'fp16')}, not "
+                f"{new.get('codec', 'fp16')}; resume with the same value")
     if old.get("views", 1) != new.get("views", 1):
         return (f"{out} was started with --views {old.get('views', 1)}, not "
                 f"{new.get('views', 1)}; resume with the same value")
@@ -154,13 +162,13 @@ def _embed(teacher: torch.nn.Module, images: list[np.ndarray], device: torch.dev
            else contextlib.nullcontext())
     with torch.inference_mode(), amp:
         emb = teacher(batch)
-    return emb.float().half().cpu().numpy()
+    return emb.float().cpu().numpy()
 
 
 def _compute_shard(teacher: LoadedModel, root: Location, rels: Sequence[str], out: Path, i: int,
                    batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
                    tick: Callable[[int], None], warn: Callable[[str], None],
-                   long_side: int | None, views: int = 1) -> dict[str, Any]:
+                   long_side: int | None, views: int = 1, codec: str = "fp16") -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     chunks: list[np.ndarray] = []
@@ -193,9 +201,10 @@ def _compute_shard(teacher: LoadedModel, root: Location, rels: Sequence[str], ou
                 flush()
     flush()
     shape = embedding_shape(teacher.config)
-    array = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float16)
+    array = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float32)
     if array.shape[1:] != shape:
         raise RuntimeError(f"teacher produced {array.shape[1:]} embeddings, config says {shape}")
+    array = codecs.encode(array, codec)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     data = buffer.getvalue()
@@ -211,7 +220,7 @@ def _compute_shard(teacher: LoadedModel, root: Location, rels: Sequence[str], ou
 def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str | os.PathLike[str],
                 *, shard_size: int = 64, batch_size: int = 1, info: dist.DistInfo | None = None,
                 precision: str = "fp32", progress: bool = True, decode_at_size: bool = False,
-                views: int = 1, warn: Callable[[str], None] | None = None) -> EmbeddingCache | None:
+                views: int = 1, codec: str = "fp16", warn: Callable[[str], None] | None = None) -> EmbeddingCache | None:
     """Compute (or finish computing) the teacher's embeddings of every image under `images`.
 
     Resumable: shards already done are kept. Under torchrun each rank computes shards
@@ -220,8 +229,10 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     `decode_at_size`: decode large JPEGs at a reduced scale (`data.decode_image`); recorded in
     the manifest, and training then decodes the same way. `views` > 1: also cache views 1..K-1
     of each image drawn from `augment.RECIPE` (seed and crop/flip recorded per entry).
+    `codec`: how embeddings are stored (`codec.CODECS`: fp16, or int8 with per-channel scales).
     """
     info = info or dist.DistInfo(0, 1, 0, torch.device("cpu"))
+    codecs.check(codec)
     if views < 1:
         raise ValueError(f"--views must be >= 1, got {views}")
     if shard_size < 1 or batch_size < 1:
@@ -234,7 +245,7 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out must be a folder, got a file: {out}")
-    plan = _make_plan(teacher, root, items, shard_size, decode_at_size, out, views)
+    plan = _make_plan(teacher, root, items, shard_size, decode_at_size, out, views, codec)
 
     problem: str | None = None
     if info.is_main:
@@ -270,7 +281,7 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
             continue
         _compute_shard(teacher, root, shard_rels, out, i, batch_size, info.device,
                        autocast_dtype, bar.update, say,
-                       teacher.config.image_size if decode_at_size else None, views)
+                       teacher.config.image_size if decode_at_size else None, views, codec)
     bar.close()
     dist.barrier()
     if not info.is_main:
@@ -332,6 +343,7 @@ class EmbeddingCache:
                                    e.get("view", 0), e.get("aug"))
                         for e in manifest["entries"]]
         self.views: int = int(manifest.get("views", 1))
+        self.codec: str = manifest.get("codec", "fp16")
         self.recipe: dict[str, Any] | None = manifest.get("augment")
         # Entry indices of each image's views (view 0 first); one per image without views.
         self.groups: list[list[int]] = []
@@ -387,17 +399,18 @@ class EmbeddingCache:
         if i not in self._shards:
             info = self.manifest["shards"][i]
             array = np.load(self.folder / info["file"], mmap_mode="r", allow_pickle=False)
-            if array.shape != (info["count"], *self.embedding_shape) or array.dtype != np.float16:
+            shape, dtype = codecs.stored(self.codec, info["count"], self.embedding_shape)
+            if array.shape != shape or array.dtype != dtype:
                 raise CacheError(f"{self.folder / info['file']} holds {array.dtype} "
-                                 f"{array.shape}, the manifest says float16 "
-                                 f"{(info['count'], *self.embedding_shape)}")
+                                 f"{array.shape}, the manifest says {dtype} {shape}")
             self._shards[i] = array
         return self._shards[i]
 
     def embedding(self, index: int) -> np.ndarray:
-        """The teacher embedding of entry `index`: (C, h, w) float16."""
+        """The teacher embedding of entry `index`: (C, h, w), float16 (or float32 decoded from
+        an int8 cache)."""
         entry = self.entries[index]
-        return np.array(self._shard(entry.shard)[entry.row])
+        return codecs.decode(self._shard(entry.shard)[entry.row], self.codec, self.embedding_shape)
 
     def prompt_decoder(self) -> dict[str, torch.Tensor]:
         """The teacher's prompt encoder + mask decoder state, checked against the manifest."""
