@@ -161,3 +161,19 @@ def test_missing_fsspec_is_one_clear_line(setup, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gs://bucket/train needs fsspec" in err and "[cloud]" in err
     assert list_images(setup["root"] / "images")  # local paths never need it
+
+
+def test_eval_reads_images_from_a_url(setup, tmp_path, capsys):
+    """`mobile-sam eval --images URL`: the teacher against itself scores 1.0 on URL images."""
+    from mobile_sam.cli import main
+
+    teacher = str(setup["teacher_path"])
+    assert main(["eval", "--student", teacher, "--teacher", teacher, "--images",
+                 f"{setup['mem']}/shards", "--max-images", "2", "--grid", "2", "--prompts", "box",
+                 "--device", "cpu", "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert "box" in capsys.readouterr().out
+    rows = (tmp_path / "eval" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("part/shard-0.tar/"), rows
+    assert not summary["skipped"] and summary["images"] == 2
+    assert summary["summary"]["box"]["pairs"] > 0 and summary["summary"]["box"]["miou"] == 1.0
