@@ -50,6 +50,29 @@ def test_finetuned_decoder_fits_the_ground_truth(data, tmp_path, capsys):
     assert changed == {"mask_decoder"}
 
 
+@pytest.mark.slow
+def test_finetuning_improves_held_out_images(data, tmp_path, capsys):
+    """Trained on 4 synthetic images, validated on 3 others (different shapes, sizes and
+    positions): held-out box mIoU against the ground truth rises from 0.06 to about 0.2 in 120
+    steps (cosine decay; measured 0.21 and 0.19 for two decoder seeds), so the decoder learns
+    the task, not the training images. ~30 s on 1 CPU thread."""
+    from mobile_sam.cli import main
+
+    train_json, _ = make_coco(tmp_path / "train", 4, seed=3)
+    val_json, _ = make_coco(tmp_path / "val", 3, seed=11)
+    run = tmp_path / "run"
+    args = ["finetune", "--data", str(train_json), "--images", str(tmp_path / "train" / "images"),
+            "--val-data", str(val_json), "--val-images", str(tmp_path / "val" / "images"),
+            "--model", str(data["model"]), "--out", str(run), "--epochs", "30", "--lr", "3e-3",
+            "--box-probability", "1", "--rounds", "1", "--val-prompts", "box",
+            "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    miou = [m["box"] for m in json.loads((run / "metrics.json").read_text())["val_gt_miou"]]
+    assert len(miou) == 31 and miou[0] < 0.1
+    assert miou[-1] > max(0.15, 2.5 * miou[0]), miou
+
+
 def test_finetune_refusals(data, tmp_path, capsys):
     from mobile_sam.cli import main
 

@@ -35,8 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--teacher", required=True,
                    help="vit_h, vit_l, vit_b, vit_t (published weights) or a checkpoint path")
     c.add_argument("--images", required=True,
-                   help="image folder (searched recursively), or a .txt/.lst file listing image "
-                        "paths (one per line, relative to its folder or absolute)")
+                   help="image folder (searched recursively, .tar shards included), or a "
+                        ".txt/.lst file listing image paths (one per line, relative to its "
+                        "folder or absolute); local or an fsspec URL (s3://, gs://, file://; "
+                        "needs mobile-sam[cloud])")
     c.add_argument("--out", required=True, help="cache folder (resumed when it exists)")
     c.add_argument("--shard-size", type=int, default=64, help="images per shard file")
     c.add_argument("--batch-size", type=int, default=1, help="images per teacher forward")
@@ -46,6 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="decode large JPEGs at a reduced scale (1/2, 1/4, 1/8) that still covers "
                         "the model's input size: much faster loading, not pixel-identical to "
                         "the predictor's preprocessing; training follows the cache's setting")
+    c.add_argument("--cache-codec", default="fp16", choices=("fp16", "int8"),
+                   help="how embeddings are stored: fp16 (2 MiB per 256x64x64 embedding) or "
+                        "int8 with a float32 scale per channel (half that; each value within "
+                        "max|channel|/254 of the teacher's)")
+    c.add_argument("--views", type=int, default=1, metavar="K",
+                   help="cache K views per image: the image itself and K-1 augmented views "
+                        "(horizontal flip, scale-jitter crop; seed recorded per entry); "
+                        "training uses one view per image per epoch (default 1: no augmentation)")
     c.add_argument("--verify", action="store_true",
                    help="re-hash every shard of the finished cache against the manifest")
     _common(c)
@@ -99,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--stop-after", type=int, default=None,
                    help="end this invocation after N steps (with a checkpoint); --resume later")
     t.add_argument("--images", default=None,
-                   help="image folder, if it moved since the cache was built")
+                   help="image folder (path or fsspec URL), if the images moved since the "
+                        "cache was built")
     _common(t)
     t.set_defaults(func=run_train)
 
@@ -132,15 +143,17 @@ def run_cache(args: argparse.Namespace) -> int:
             dist.barrier()
         cache = build_cache(teacher, args.images, args.out, shard_size=args.shard_size,
                             batch_size=args.batch_size, info=info, precision=args.precision,
-                            progress=args.progress, decode_at_size=args.decode_at_size)
+                            progress=args.progress, decode_at_size=args.decode_at_size,
+                            views=args.views, codec=args.cache_codec)
         if cache is not None:
             if args.verify:
                 cache.verify()
             size = sum(s["bytes"] for s in cache.manifest["shards"])
             n = len(cache)
+            views = f" ({cache.views} views of {len(cache.groups)} images)" if cache.views > 1 else ""
             print(f"cached {n} teacher embeddings {'x'.join(map(str, cache.embedding_shape))} "
-                  f"fp16 in {cache.folder}: {size / 2**20:.1f} MiB "
-                  f"({size / 2**20 / n * 1000:.0f} MiB per 1000 images)")
+                  f"{cache.codec}{views} in {cache.folder}: {size / 2**20:.1f} MiB "
+                  f"({size / 2**20 / len(cache.groups) * 1000:.0f} MiB per 1000 images)")
             if cache.skipped:
                 print(f"skipped {len(cache.skipped)} unreadable images (listed under 'skipped' in "
                       f"{cache.folder / 'manifest.json'}):", file=sys.stderr)

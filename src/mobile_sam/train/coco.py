@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import ImageItem
+from .data import ImageItem, image_exists
+from .sources import as_location, join
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class CocoDataset:
 
     def __init__(self, json_path: str | os.PathLike[str], images_dir: str | os.PathLike[str]) -> None:
         self.json_path = Path(json_path).expanduser()
-        self.images_dir = Path(images_dir).expanduser()
+        self.images_dir = as_location(images_dir)  # a folder or a folder URL
         try:
             doc = json.loads(self.json_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -75,7 +76,7 @@ class CocoDataset:
                 and isinstance(doc.get("annotations"), list)):
             raise ValueError(f"{self.json_path} is not a COCO annotation file (needs 'images' "
                              "and 'annotations' lists)")
-        if not self.images_dir.is_dir():
+        if isinstance(self.images_dir, Path) and not self.images_dir.is_dir():
             raise NotADirectoryError(f"--images must be the folder of the COCO images, got "
                                      f"{self.images_dir}")
         images: dict[Any, dict[str, Any]] = {}
@@ -98,11 +99,11 @@ class CocoDataset:
                 continue
             self._anns.setdefault(ann["image_id"], []).append(ann)
         self._images = {im["file_name"]: im for im in images.values() if im["id"] in self._anns}
-        self.items = [ImageItem(self.images_dir / name, name)
+        self.items = [ImageItem(join(self.images_dir, name), name)
                       for name in sorted(self._images)]
         if not self.items:
             raise ValueError(f"{self.json_path} has no image with a non-crowd annotation")
-        missing = [it.rel for it in self.items if not it.path.is_file()]
+        missing = [it.rel for it in self.items if not image_exists(it.path)]
         if missing:
             raise FileNotFoundError(f"{len(missing)} of the {len(self.items)} annotated images "
                                     f"are missing under {self.images_dir} (e.g. {missing[:3]})")

@@ -4,7 +4,8 @@
   WebDataset-style .tar shards, whose image members count as images at `<shard>.tar/<member>`
   (read straight from the tar, nothing unpacked); items are sorted by their path relative to
   the root (POSIX separators), so every machine lists them alike. A .txt/.lst file list
-  names images instead.
+  names images instead. Folders, lists and shards may be fsspec URLs (`s3://bucket/train`,
+  `gs://...`, `file://...`; see `sources`).
 - SA-1B layout: `sa_123.jpg` next to `sa_123.json` holding `{"image": ..., "annotations":
   [{"segmentation": <COCO RLE>, ...}]}`; such an image's item carries the JSON's path.
 - Images go through exactly the predictor's preprocessing: `mobile_sam.io.load_image`, then
@@ -27,15 +28,28 @@ import numpy as np
 
 from ..io import ImageLoadError, load_image
 from ..transforms import prepare_image
+from .sources import (
+    Location,
+    as_location,
+    find_files,
+    is_url,
+    join,
+    open_url,
+    parent,
+    read_url,
+    suffix,
+    url_is_file,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image: `rel` is its POSIX path relative to the folder that was listed."""
+    """One image: `rel` is its POSIX path relative to the folder that was listed; `path` a
+    local path or a URL."""
 
-    path: Path
+    path: Location
     rel: str
     annotation: Path | None = None
 
@@ -43,19 +57,29 @@ class ImageItem:
 FILE_LIST_SUFFIXES = (".txt", ".lst")
 
 
-def images_root(spec: str | os.PathLike[str]) -> Path:
+def _is_file(location: Location) -> bool:
+    return url_is_file(location) if isinstance(location, str) else location.is_file()
+
+
+def images_root(spec: str | os.PathLike[str]) -> Location:
     """The folder image paths are relative to: `spec` itself, or a file list's folder."""
-    path = Path(spec).expanduser()
-    return path.parent if path.suffix.lower() in FILE_LIST_SUFFIXES and path.is_file() else path
+    loc = as_location(spec)
+    if suffix(loc) in FILE_LIST_SUFFIXES and _is_file(loc):
+        return parent(loc) if isinstance(loc, str) else loc.parent
+    return loc
 
 
-def read_file_list(path: Path) -> list[ImageItem]:
+def read_file_list(path: Location) -> list[ImageItem]:
     """A file list: one image path per line (blank lines and `#` comments skipped), relative
     to the list's folder or absolute; sorted by that path. Files are not opened here (an
     unreadable one is reported where it is read). Raises ValueError for an empty list or a
     path listed twice."""
-    base = path.parent
-    rels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if isinstance(path, str):
+        base: Location = parent(path)
+        text = read_url(path).decode("utf-8")
+    else:
+        base, text = path.parent, path.read_text(encoding="utf-8")
+    rels = [line.strip() for line in text.splitlines()]
     rels = [r for r in rels if r and not r.startswith("#")]
     if not rels:
         raise ValueError(f"file list {path} names no image")
@@ -64,6 +88,9 @@ def read_file_list(path: Path) -> list[ImageItem]:
         raise ValueError(f"file list {path} names {dupes[0]!r} more than once")
     items = []
     for rel in rels:
+        if isinstance(base, str):  # URL lists name images relative to the list (no sidecars)
+            items.append(ImageItem(join(base, rel), rel))
+            continue
         image = base / rel
         ann = image.with_suffix(".json")
         items.append(ImageItem(image, Path(rel).as_posix(), ann if ann.is_file() else None))
@@ -78,9 +105,11 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     Raises FileNotFoundError / NotADirectoryError for a bad root and ValueError when it holds
     no image.
     """
-    root = Path(root).expanduser()
-    if root.suffix.lower() in FILE_LIST_SUFFIXES and root.is_file():
+    root = as_location(root)
+    if suffix(root) in FILE_LIST_SUFFIXES and _is_file(root):
         return read_file_list(root)
+    if isinstance(root, str):
+        return _list_url(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
@@ -90,7 +119,7 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.lower().endswith(".tar") and not name.startswith("."):
-                items += _tar_items(Path(dirpath) / name, root)
+                items += _tar_items(Path(dirpath) / name, root=root)
                 continue
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
@@ -103,28 +132,41 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageItem]:
     return sorted(items, key=lambda item: item.rel)
 
 
-def _tar_items(tar: Path, root: Path) -> list[ImageItem]:
+def _list_url(root: str) -> list[ImageItem]:
+    """`list_images` for a folder URL: its images and tar shards' images, recursively."""
+    items = []
+    for rel in find_files(root):
+        if rel.lower().endswith(".tar"):
+            items += _tar_items(join(root, rel), rel)
+        elif rel.lower().endswith(IMAGE_SUFFIXES):
+            items.append(ImageItem(join(root, rel), rel))
+    if not items:
+        raise ValueError(f"no images (.jpg, .jpeg, .png) found under {root} (searched recursively)")
+    return sorted(items, key=lambda item: item.rel)
+
+
+def _tar_items(tar: Location, tar_rel: str | None = None, root: Path | None = None
+               ) -> list[ImageItem]:
     """The images inside a WebDataset-style tar shard (`key.jpg`, `key.json`, ... members), as
-    items whose path is `<shard>.tar/<member>`."""
+    items whose path is `<shard>.tar/<member>`; `tar_rel` is the shard's relative name (or
+    give the local `root` it is under)."""
     import tarfile
 
+    if tar_rel is None:
+        assert root is not None and isinstance(tar, Path)
+        tar_rel = tar.relative_to(root).as_posix()
     try:
         names = [m.name for m in _open_tar(tar).getmembers() if m.isfile()]
     except (OSError, tarfile.TarError) as exc:
         raise ValueError(f"cannot read tar shard {tar}: {exc}") from None
-    out = []
-    for name in names:
-        if not name.lower().endswith(IMAGE_SUFFIXES) or name.startswith("."):
-            continue
-        path = tar / name
-        out.append(ImageItem(path, path.relative_to(root).as_posix()))
-    return out
+    return [ImageItem(join(tar, name), f"{tar_rel}/{name}") for name in names
+            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]
 
 
 _TARS: dict[str, Any] = {}
 
 
-def _open_tar(path: Path) -> Any:
+def _open_tar(path: Location) -> Any:
     """An open TarFile per shard and process (its member index is read once; keyed by the
     process id too, since forked loader workers must not share a file offset)."""
     import tarfile
@@ -135,7 +177,10 @@ def _open_tar(path: Path) -> Any:
             import atexit
 
             atexit.register(close_tars)
-        _TARS[key] = tarfile.open(path)  # noqa: SIM115  (kept open for the process)
+        if isinstance(path, str):  # members are read by range, the shard is not downloaded
+            _TARS[key] = tarfile.open(fileobj=open_url(path))  # noqa: SIM115
+        else:
+            _TARS[key] = tarfile.open(path)  # noqa: SIM115  (kept open for the process)
     return _TARS[key]
 
 
@@ -145,18 +190,23 @@ def close_tars() -> None:
         _TARS.pop(key).close()
 
 
-def _in_tar(path: Path) -> tuple[Path, str] | None:
+def _in_tar(path: Location) -> tuple[Location, str] | None:
     """(shard, member) when `path` names a member of a .tar shard, else None."""
-    for parent in path.parents:
-        if parent.suffix.lower() == ".tar" and parent.is_file():
-            return parent, path.relative_to(parent).as_posix()
+    if isinstance(path, str):
+        cut = path.lower().find(".tar/")
+        if cut < 0 or not url_is_file(path[:cut + 4]):
+            return None
+        return path[:cut + 4], path[cut + 5:]
+    for folder in path.parents:
+        if folder.suffix.lower() == ".tar" and folder.is_file():
+            return folder, path.relative_to(folder).as_posix()
     return None
 
 
 def image_exists(path: str | os.PathLike[str]) -> bool:
     """True for an image file, or a member of a tar shard (`shard.tar/key.jpg`)."""
-    path = Path(path)
-    if path.is_file():
+    path = _location(path)
+    if _is_file(path):
         return True
     where = _in_tar(path)
     if where is None:
@@ -170,9 +220,9 @@ def image_exists(path: str | os.PathLike[str]) -> bool:
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an image file or of a tar shard member; FileNotFoundError naming it."""
-    path = Path(path)
+    path = _location(path)
     try:
-        return path.read_bytes()
+        return read_url(path) if isinstance(path, str) else path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         where = _in_tar(path)
         if where is None:
@@ -184,6 +234,10 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     if member is None:
         raise FileNotFoundError(f"image file not found: {where[1]} is not in {where[0]}")
     return member.read()
+
+
+def _location(path: str | os.PathLike[str]) -> Location:
+    return path if is_url(path) else Path(path)  # type: ignore[return-value]
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -228,7 +282,7 @@ def read_image(path: str | os.PathLike[str],
 
     Raises FileNotFoundError or ImageLoadError naming the file.
     """
-    path = Path(path)
+    path = _location(path)
     try:
         data = read_bytes(path)
     except FileNotFoundError:
@@ -289,10 +343,11 @@ class CachedEmbeddingDataset:
     since the cache was built is an error, not silent noise in the targets.
     """
 
-    def __init__(self, cache: Any, indices: Sequence[int], image_root: Path | None = None) -> None:
+    def __init__(self, cache: Any, indices: Sequence[int],
+                 image_root: str | os.PathLike[str] | None = None) -> None:
         self.cache = cache
         self.indices = list(indices)
-        self.root = Path(image_root) if image_root is not None else cache.image_root
+        self.root = as_location(image_root) if image_root is not None else cache.image_root
         # Decode as the cache did, so the student sees the pixels the teacher saw.
         self.long_side = cache.image_size if cache.manifest.get("decode") == "at_size" else None
 
@@ -304,12 +359,12 @@ class CachedEmbeddingDataset:
 
         index = self.indices[i]
         entry = self.cache.entries[index]
-        path = self.root / entry.rel
+        path = join(self.root, entry.rel)
         rgb, sha = read_image(path, self.long_side)
         if sha != entry.sha256:
             raise ValueError(f"{path} changed since the cache was built (sha256 {sha[:12]}… vs "
                              f"{entry.sha256[:12]}… in the manifest); rebuild the cache")
-        image, input_hw = model_input(rgb, self.cache.image_size)
+        image, input_hw = model_input(self.cache.view_pixels(index, rgb), self.cache.image_size)
         target = self.cache.embedding(index).astype(np.float32)
         return {"image": torch.from_numpy(image), "target": torch.from_numpy(target),
                 "index": index, "input_hw": torch.tensor(input_hw)}

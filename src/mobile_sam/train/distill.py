@@ -41,6 +41,7 @@ from .data import CachedEmbeddingDataset, image_exists, split_indices
 from .models import check_student_fits, load_any, load_prompt_decoder, save_model
 from .plot import loss_curve_png
 from .schedule import lr_at, micro_batches, rank_order, step_seed
+from .sources import as_location, join
 from .teacher_cache import CacheError, EmbeddingCache
 
 CHECKPOINT_FORMAT = "mobile_sam.distill_checkpoint/1"
@@ -267,13 +268,15 @@ def train(cache_dir: str | os.PathLike[str], student: str, out: str | os.PathLik
     if config.stage == "encoder":
         load_prompt_decoder(model, cache.prompt_decoder(), source=str(cache.folder))
 
-    root = Path(options.images).expanduser() if options.images else cache.image_root
-    missing = [e.rel for e in cache.entries if not image_exists(root / e.rel)]
+    root = as_location(options.images) if options.images else cache.image_root
+    rels = [cache.entries[group[0]].rel for group in cache.groups]
+    missing = [rel for rel in rels if not image_exists(join(root, rel))]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of the cache's {len(cache)} images are missing "
+        raise FileNotFoundError(f"{len(missing)} of the cache's {len(rels)} images are missing "
                                 f"under {root} (e.g. {missing[:3]}); pass --images if they moved")
 
-    train_idx, val_idx = split_indices(len(cache), config.val_fraction, config.seed)
+    # Images (not cached views) are split, so no view of a held-out image is trained on.
+    train_idx, val_idx = split_indices(len(cache.groups), config.val_fraction, config.seed)
     per_step = config.batch_size * config.accumulate
     global_batch = per_step * info.world_size
     steps_per_epoch = len(train_idx) // global_batch
@@ -383,8 +386,7 @@ class _Trainer:
                 find_unused_parameters=hp.stage == "decoder")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(hp.precision)
         self.log = _Log(run / "log.jsonl", info.is_main, self.step if ckpt is not None else None)
-        self.dataset = CachedEmbeddingDataset(cache, range(len(cache)),
-                                              Path(options.images) if options.images else None)
+        self.dataset = CachedEmbeddingDataset(cache, range(len(cache)), options.images)
         self.prompt_loss = None
         if hp.prompt_loss_weight > 0:
             from .prompt_loss import PromptLoss
@@ -442,7 +444,8 @@ class _Trainer:
         if self.info.distributed:  # the training forward uses rank 0's BatchNorm buffers
             for buf in self.module.buffers():
                 torch.distributed.broadcast(buf, 0)
-        mine = self.val_idx[self.info.rank::self.info.world_size]
+        mine = [self.cache.groups[i][0]
+                for i in self.val_idx[self.info.rank::self.info.world_size]]
         total = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
             for batch in self._loader(mine, self.hp.batch_size):
@@ -525,7 +528,8 @@ class _Trainer:
             order = rank_order(len(self.train_idx), epoch, hp.seed, self.info.rank,
                                self.info.world_size, per_step, spe)
             skip = (self.step - epoch * spe) * per_step
-            positions = [self.train_idx[i] for i in order[skip:]]
+            positions = [self.cache.view_entry(self.train_idx[i], epoch, hp.seed)
+                         for i in order[skip:]]
             for batch in self._loader(positions, per_step):
                 last_loss = self._train_step(batch, epoch, t0)
                 bar.update(1)

@@ -7,6 +7,7 @@ Layout of a cache folder:
     prompt_decoder.pt    the teacher's prompt encoder + mask decoder ({"config", "model"}),
                          so that training never needs the (large) teacher itself
     shard_00000.npy      float16 array (n, C, h, w): the embeddings of up to `shard_size` images
+                         (or the `--cache-codec int8` rows, see `codec`)
     shard_00000.json     its record: file size and sha256, and per image the relative path,
                          sha256 of the file's bytes and (H, W); images that could not be read
     manifest.json        written when every shard is done: everything above in one file
@@ -34,9 +35,12 @@ import torch
 
 from ..build import config_to_dict, safe_load
 from ..io import ImageLoadError, atomic_write, save_json
+from . import codec as codecs
 from . import dist
+from .augment import RECIPE, apply_view, pick_view, view_params, view_seed
 from .data import ImageItem, images_root, list_images, model_input, read_image
 from .models import LoadedModel, embedding_shape, file_sha256, prompt_decoder_state
+from .sources import Location, is_url, join
 
 FORMAT = "mobile_sam.teacher_cache/1"
 MANIFEST = "manifest.json"
@@ -53,6 +57,8 @@ class CacheEntry:
     size: tuple[int, int]
     shard: int
     row: int
+    view: int = 0
+    aug: dict[str, Any] | None = None
 
 
 class CacheError(ValueError):
@@ -64,25 +70,51 @@ def _shard_name(i: int) -> str:
 
 
 def _teacher_info(teacher: LoadedModel) -> dict[str, Any]:
-    return {"source": teacher.source, "path": str(teacher.path), "sha256": teacher.sha256,
-            "config": config_to_dict(teacher.config)}
+    # Names only (vit_h, teacher.pt): no machine-specific path in the cache.
+    return {"source": Path(teacher.source).name, "path": Path(teacher.path).name,
+            "sha256": teacher.sha256, "config": config_to_dict(teacher.config)}
 
 
-def _make_plan(teacher: LoadedModel, root: Path, items: Sequence[ImageItem],
-               shard_size: int, decode_at_size: bool) -> dict[str, Any]:
+def _recorded_root(root: Location, out: Path) -> str:
+    """How the manifest names the image root: a URL as given, a local folder relative to the
+    cache folder (so the two can move together and no machine's absolute path is stored)."""
+    if isinstance(root, str):
+        return root
+    try:
+        return Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(root.resolve())
+
+
+def resolve_root(recorded: str, folder: Path) -> Location:
+    """The image root a manifest names (see `_recorded_root`; older caches hold an absolute
+    path), as a location."""
+    if is_url(recorded):
+        return recorded
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(folder.resolve() / path))
+
+
+def _make_plan(teacher: LoadedModel, root: Location, items: Sequence[ImageItem],
+               shard_size: int, decode_at_size: bool, out: Path, views: int,
+               codec: str) -> dict[str, Any]:
     rels = [item.rel for item in items]
+    augment = {"views": views, "augment": RECIPE} if views > 1 else {}
+    stored = {"codec": codec} if codec != "fp16" else {}
     return {
         "format": FORMAT,
         "decode": "at_size" if decode_at_size else "full",
         "teacher": _teacher_info(teacher),
         "image_size": teacher.config.image_size,
         "embedding_shape": list(embedding_shape(teacher.config)),
-        "dtype": "float16",
+        "dtype": "float16" if codec == "fp16" else "uint8",
+        **stored,
         "shard_size": shard_size,
-        "images_root": str(root.resolve()),
+        "images_root": _recorded_root(root, out),
         "num_planned": len(rels),
         "images_sha256": hashlib.sha256("\n".join(rels).encode()).hexdigest(),
         "images": rels,
+        **augment,
     }
 
 
@@ -100,6 +132,12 @@ def _plan_conflict(old: dict[str, Any], new: dict[str, Any], out: Path) -> str |
     if old.get("decode", "full") != new["decode"]:
         return (f"{out} was started with decode {old.get('decode', 'full')!r}, not "
                 f"{new['decode']!r}; resume with the same --decode-at-size setting")
+    if old.get("codec", "fp16") != new.get("codec", "fp16"):
+        return (f"{out} was started with --cache-codec {old.get('codec', 'fp16')}, not "
+                f"{new.get('codec', 'fp16')}; resume with the same value")
+    if old.get("views", 1) != new.get("views", 1):
+        return (f"{out} was started with --views {old.get('views', 1)}, not "
+                f"{new.get('views', 1)}; resume with the same value")
     if old["images_sha256"] != new["images_sha256"]:
         return (f"the images under {new['images_root']} differ from those {out} was started with "
                 f"({old['num_planned']} images then, {new['num_planned']} now); use another --out")
@@ -124,13 +162,13 @@ def _embed(teacher: torch.nn.Module, images: list[np.ndarray], device: torch.dev
            else contextlib.nullcontext())
     with torch.inference_mode(), amp:
         emb = teacher(batch)
-    return emb.float().half().cpu().numpy()
+    return emb.float().cpu().numpy()
 
 
-def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: Path, i: int,
+def _compute_shard(teacher: LoadedModel, root: Location, rels: Sequence[str], out: Path, i: int,
                    batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
                    tick: Callable[[int], None], warn: Callable[[str], None],
-                   long_side: int | None) -> dict[str, Any]:
+                   long_side: int | None, views: int = 1, codec: str = "fp16") -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     chunks: list[np.ndarray] = []
@@ -144,22 +182,29 @@ def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: P
 
     for rel in rels:
         try:
-            rgb, sha = read_image(root / rel, long_side)
+            rgb, sha = read_image(join(root, rel), long_side)
         except (ImageLoadError, OSError) as exc:
             skipped.append({"rel": rel, "error": str(exc)})
             warn(f"skipping: {exc}")
             tick(1)
             continue
-        image, _ = model_input(rgb, teacher.config.image_size)
-        entries.append({"rel": rel, "sha256": sha, "size": [int(rgb.shape[0]), int(rgb.shape[1])]})
-        pending.append(image)
-        if len(pending) >= batch_size:
-            flush()
+        entry = {"rel": rel, "sha256": sha, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
+        for v in range(views):
+            view: dict[str, Any] = {"view": v} if views > 1 else {}
+            if v > 0:
+                seed = view_seed(rel, v)
+                view.update(aug_seed=seed, aug=view_params(RECIPE, seed, rgb.shape[:2]))
+            pixels = apply_view(rgb, view["aug"]) if v > 0 else rgb
+            entries.append({**entry, **view})
+            pending.append(model_input(pixels, teacher.config.image_size)[0])
+            if len(pending) >= batch_size:
+                flush()
     flush()
     shape = embedding_shape(teacher.config)
-    array = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float16)
+    array = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float32)
     if array.shape[1:] != shape:
         raise RuntimeError(f"teacher produced {array.shape[1:]} embeddings, config says {shape}")
+    array = codecs.encode(array, codec)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     data = buffer.getvalue()
@@ -175,16 +220,21 @@ def _compute_shard(teacher: LoadedModel, root: Path, rels: Sequence[str], out: P
 def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str | os.PathLike[str],
                 *, shard_size: int = 64, batch_size: int = 1, info: dist.DistInfo | None = None,
                 precision: str = "fp32", progress: bool = True, decode_at_size: bool = False,
-                warn: Callable[[str], None] | None = None) -> EmbeddingCache | None:
+                views: int = 1, codec: str = "fp16", warn: Callable[[str], None] | None = None) -> EmbeddingCache | None:
     """Compute (or finish computing) the teacher's embeddings of every image under `images`.
 
     Resumable: shards already done are kept. Under torchrun each rank computes shards
     i % world_size == rank. Returns the finished cache on rank 0, None on other ranks.
     `precision` fp16/bf16 runs the teacher under autocast (CUDA); the cache is fp16 either way.
     `decode_at_size`: decode large JPEGs at a reduced scale (`data.decode_image`); recorded in
-    the manifest, and training then decodes the same way.
+    the manifest, and training then decodes the same way. `views` > 1: also cache views 1..K-1
+    of each image drawn from `augment.RECIPE` (seed and crop/flip recorded per entry).
+    `codec`: how embeddings are stored (`codec.CODECS`: fp16, or int8 with per-channel scales).
     """
     info = info or dist.DistInfo(0, 1, 0, torch.device("cpu"))
+    codecs.check(codec)
+    if views < 1:
+        raise ValueError(f"--views must be >= 1, got {views}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"--shard-size and --batch-size must be >= 1, got {shard_size}, {batch_size}")
     autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, ...)
@@ -195,7 +245,7 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out must be a folder, got a file: {out}")
-    plan = _make_plan(teacher, root, items, shard_size, decode_at_size)
+    plan = _make_plan(teacher, root, items, shard_size, decode_at_size, out, views, codec)
 
     problem: str | None = None
     if info.is_main:
@@ -231,7 +281,7 @@ def build_cache(teacher: LoadedModel, images: str | os.PathLike[str], out: str |
             continue
         _compute_shard(teacher, root, shard_rels, out, i, batch_size, info.device,
                        autocast_dtype, bar.update, say,
-                       teacher.config.image_size if decode_at_size else None)
+                       teacher.config.image_size if decode_at_size else None, views, codec)
     bar.close()
     dist.barrier()
     if not info.is_main:
@@ -288,9 +338,19 @@ class EmbeddingCache:
         self.teacher: dict[str, Any] = manifest["teacher"]
         self.image_size: int = int(manifest["image_size"])
         self.embedding_shape: tuple[int, int, int] = tuple(manifest["embedding_shape"])  # type: ignore[assignment]
-        self.image_root = Path(manifest["images_root"])
-        self.entries = [CacheEntry(e["rel"], e["sha256"], tuple(e["size"]), e["shard"], e["row"])
+        self.image_root = resolve_root(manifest["images_root"], folder)
+        self.entries = [CacheEntry(e["rel"], e["sha256"], tuple(e["size"]), e["shard"], e["row"],
+                                   e.get("view", 0), e.get("aug"))
                         for e in manifest["entries"]]
+        self.views: int = int(manifest.get("views", 1))
+        self.codec: str = manifest.get("codec", "fp16")
+        self.recipe: dict[str, Any] | None = manifest.get("augment")
+        # Entry indices of each image's views (view 0 first); one per image without views.
+        self.groups: list[list[int]] = []
+        for i, e in enumerate(self.entries):
+            if e.view == 0:
+                self.groups.append([])
+            self.groups[-1].append(i)
         self.skipped: list[dict[str, str]] = manifest["skipped"]
         self._shards: dict[int, np.ndarray] = {}
 
@@ -317,21 +377,40 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def view_entry(self, image: int, epoch: int, seed: int) -> int:
+        """The entry training uses for image `image` in `epoch`: one of its views, seeded."""
+        group = self.groups[image]
+        return group[pick_view(len(group), image, epoch, seed)]
+
+    def view_pixels(self, index: int, rgb: np.ndarray) -> np.ndarray:
+        """The pixels the teacher saw for entry `index`, given its decoded image: rebuilt from
+        the manifest's recipe and the entry's seed (and checked against the recorded box)."""
+        entry = self.entries[index]
+        if entry.aug is None:
+            return rgb
+        seed = int(self.manifest["entries"][index]["aug_seed"])
+        params = view_params(self.recipe or {}, seed, rgb.shape[:2])
+        if params != entry.aug:
+            raise CacheError(f"{self.folder}: entry {index} ({entry.rel} view {entry.view}) "
+                             f"records {entry.aug}, its seed gives {params}; rebuild the cache")
+        return apply_view(rgb, params)
+
     def _shard(self, i: int) -> np.ndarray:
         if i not in self._shards:
             info = self.manifest["shards"][i]
             array = np.load(self.folder / info["file"], mmap_mode="r", allow_pickle=False)
-            if array.shape != (info["count"], *self.embedding_shape) or array.dtype != np.float16:
+            shape, dtype = codecs.stored(self.codec, info["count"], self.embedding_shape)
+            if array.shape != shape or array.dtype != dtype:
                 raise CacheError(f"{self.folder / info['file']} holds {array.dtype} "
-                                 f"{array.shape}, the manifest says float16 "
-                                 f"{(info['count'], *self.embedding_shape)}")
+                                 f"{array.shape}, the manifest says {dtype} {shape}")
             self._shards[i] = array
         return self._shards[i]
 
     def embedding(self, index: int) -> np.ndarray:
-        """The teacher embedding of entry `index`: (C, h, w) float16."""
+        """The teacher embedding of entry `index`: (C, h, w), float16 (or float32 decoded from
+        an int8 cache)."""
         entry = self.entries[index]
-        return np.array(self._shard(entry.shard)[entry.row])
+        return codecs.decode(self._shard(entry.shard)[entry.row], self.codec, self.embedding_shape)
 
     def prompt_decoder(self) -> dict[str, torch.Tensor]:
         """The teacher's prompt encoder + mask decoder state, checked against the manifest."""
