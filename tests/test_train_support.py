@@ -394,7 +394,11 @@ def test_tar_shards_as_image_source(tmp_path):
     for i, e in enumerate(cache.entries):
         assert np.array_equal(cache.embedding(i), ref.embedding(ref_rows[e.rel.split("/")[-1]]))
     dataset = CachedEmbeddingDataset(cache, range(len(cache)))
-    batches = list(DataLoader(dataset, batch_size=1, num_workers=2))
+    # forkserver: workers forked from a clean process, as under a real training run; a plain
+    # fork of this test process would copy the thread pools other tests started
+    # (onnxruntime, OpenVINO), which can crash the children.
+    batches = list(DataLoader(dataset, batch_size=1, num_workers=2,
+                              multiprocessing_context="forkserver"))
     direct = [dataset[i] for i in range(len(dataset))]
     for b, d in zip(batches, direct):
         assert torch.equal(b["image"][0], d["image"]) and torch.equal(b["target"][0], d["target"])
