@@ -147,12 +147,21 @@ def quantize_int8(model, inputs: list[np.ndarray]):
     products of two activations (query·key, weights·value). `model_type=TRANSFORMER` keeps
     softmax, LayerNorm and GELU in float and smooths the linear layers' activations
     (SmoothQuant; without it the agreement dropped further)."""
+    import logging
+
     import nncf
 
     keep_float = _data_matmuls(model) + _convolutions(model)
-    return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs),
-                         model_type=nncf.ModelType.TRANSFORMER,
-                         ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False))
+    # NNCF notes every layer it leaves in float at INFO; keep the log to our one line per stage.
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs),
+                             model_type=nncf.ModelType.TRANSFORMER,
+                             ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False))
+    finally:
+        nncf_log.setLevel(level)
 
 
 def _is_constant(node) -> bool:
