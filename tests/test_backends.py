@@ -493,6 +493,40 @@ def test_int8_encoder_is_quantized_once_per_weights(tiny_sam, rng, monkeypatch, 
     assert openvino.encoder_int8_path(model) != path
 
 
+@needs_nncf
+def test_int8_quantizes_the_attention_stages_and_keeps_the_stem_float(tiny_sam, rng):
+    """Which layers `quantize_int8` puts in int8 (an input through a FakeQuantize): every
+    linear layer and query·key product of the attention stages, their local convolutions and
+    the neck; nothing in the patch embedding or the convolutional first stage. (NNCF keeps
+    the softmax weights · value product in float.)"""
+    import openvino as ov
+
+    from mobile_sam.runtime.cache import cached_encoder_onnx
+    from mobile_sam.runtime.openvino import quantize_int8
+    from mobile_sam.transforms import prepare_image
+
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+    inputs = [prepare_image(i, tiny_sam.img_size, *tiny_sam.normalization)[0] for i in images]
+    quantized = quantize_int8(ov.Core().read_model(str(cached_encoder_onnx(tiny_sam))), inputs)
+
+    def through_fake_quantize(port) -> bool:
+        node = port.get_source_output().get_node()
+        while node.get_type_name() in ("Reshape", "Transpose", "Multiply"):
+            node = node.input(0).get_source_output().get_node()
+        return node.get_type_name() == "FakeQuantize"
+
+    int8, float_ = set(), set()
+    for op in quantized.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+            (int8 if through_fake_quantize(op.input(0)) else float_).add(op.get_friendly_name())
+    stem = {n for n in int8 | float_ if "/patch_embed/" in n or "/layers.0/" in n}
+    assert stem and not stem & int8, sorted(stem & int8)
+    rest = {n for n in (int8 | float_) - stem if not n.endswith("attn/MatMul_4")}
+    assert rest and rest <= int8, sorted(rest - int8)
+    assert any("/neck/" in n for n in int8) and any("local_conv" in n for n in int8)
+    assert any(n.endswith("attn/MatMul_3") for n in int8)  # query · key
+
+
 @pytest.mark.slow
 @needs_nncf
 def test_int8_encoder_agrees_with_fp32_on_the_fixture(fixture_model, reference_dir,
@@ -500,10 +534,9 @@ def test_int8_encoder_agrees_with_fp32_on_the_fixture(fixture_model, reference_d
     """Masks of the NNCF int8 encoder against the fixture's fp32 golden masks, over its photos
     and prompts, calibrated on the fixture's photos and generated scenes. The fixture's
     weights are random, so this checks the pipeline (which layers stay float, calibration),
-    not the agreement on real weights. Measured: mean IoU 0.949, minimum 0.801 (the aim was
-    0.95 / 0.8); quantizing the convolutions too gave 0.93 / 0.64-0.69, and a broken
-    calibration gives far less: the bounds below sit under the measured figures and above
-    those failures."""
+    not the agreement on real weights. Measured: mean IoU 0.968, minimum 0.885 (0.957 / 0.835
+    calibrated on generated scenes alone). Quantizing the convolutional stem too gave
+    0.88-0.93 / 0.44-0.75, and a broken calibration gives far less."""
     from PIL import Image
 
     from mobile_sam.runtime.calibration import generated_images
@@ -533,4 +566,4 @@ def test_int8_encoder_agrees_with_fp32_on_the_fixture(fixture_model, reference_d
                 union = (got | want).sum()
                 ious.append(1.0 if union == 0 else (got & want).sum() / union)
     assert len(ious) >= 15
-    assert np.mean(ious) >= 0.94 and np.min(ious) >= 0.75, (np.mean(ious), np.min(ious))
+    assert np.mean(ious) >= 0.95 and np.min(ious) >= 0.8, (np.mean(ious), np.min(ious))
