@@ -371,6 +371,29 @@ def test_main_job_offline_is_one_line(capsys, closed_port_urls, tmp_path) -> Non
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize("precision, converted", [("fp32", False), ("bf16", True)])
+def test_one_image_converts_only_for_a_precision_asked_by_name(
+        capsys, tiny_checkpoint, monkeypatch, tmp_path, precision, converted) -> None:
+    """One image at fp32 is answered by eager torch without converting (faster than the
+    conversion); bf16 or int8 asked for by name is converted first, so the masks written are
+    in that precision (eager would give fp32 masks)."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    from mobile_sam.cli._common import conversion_mode
+
+    monkeypatch.delenv("MOBILE_SAM_CONVERSION", raising=False)
+    assert conversion_mode("int8", one_shot=True) == conversion_mode("bf16", one_shot=False) == "wait"
+    assert conversion_mode("fp32", one_shot=False) is None  # background
+    home = tmp_path / "home"
+    monkeypatch.setenv("MOBILE_SAM_HOME", str(home))
+    code, _, err = run_cli(capsys, "segment", BUS, "--point", "240,400", "--model", tiny_checkpoint,
+                           "--backend", "openvino", "--precision", precision, "--out", tmp_path / "o")
+    assert code == 0, err
+    assert any(home.rglob("encoder.onnx")) is converted
+    monkeypatch.setenv("MOBILE_SAM_CONVERSION", "background")
+    assert conversion_mode("int8", one_shot=True) is None  # the environment decides
+
+
 # ------------------------------------------------------------------------------ everything
 
 

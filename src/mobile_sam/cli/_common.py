@@ -62,6 +62,22 @@ def check_threads(threads: int | None) -> None:
         raise UserError(f"--threads must be >= 1, got {threads}")
 
 
+def conversion_mode(precision: str, one_shot: bool) -> str | None:
+    """How a command waits for the one-time conversion of the model (`conversion=` of
+    `SamPredictor`; None: the default, converting in the background after the first mask).
+
+    bf16 or int8 asked for by name: converted first, with a bar, so that every mask written
+    comes from the precision asked for (served eagerly meanwhile they would be fp32).
+    Otherwise a `one_shot` run (one image, a few prompts): eager torch unless the conversion
+    is cached, as converting would take longer than the run. $MOBILE_SAM_CONVERSION decides
+    when set."""
+    if "MOBILE_SAM_CONVERSION" in os.environ:
+        return None
+    if precision in ("bf16", "int8"):
+        return "wait"
+    return "cached" if one_shot else None
+
+
 def load_model_or_folder(args: argparse.Namespace) -> Sam | OnnxPredictor:
     """`--model` as a torch model (`load_model`), or, when it names a folder written by
     `mobile-sam export`, as an `OnnxPredictor` (no torch imported; `--backend` auto,

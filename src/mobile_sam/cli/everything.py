@@ -24,6 +24,7 @@ from ._common import (
     UserError,
     add_backend_arguments,
     add_common_arguments,
+    conversion_mode,
     display_name,
     load_model_or_folder,
     output_bases,
@@ -176,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
             from ..api import SAM
 
             sam = SAM(load_model_or_folder(args), backend=args.backend,  # model errors end the run
-                      precision=args.precision)
+                      precision=args.precision,
+                      conversion=conversion_mode(args.precision, one_shot=False))
         try:
             # progress: a bar of the prompt batches within the image, under the images bar
             result = sam.predict(image, progress=True, **generator_kwargs)[0]

@@ -20,7 +20,6 @@ the whole run under `<out>/<format>/`, labelled `--label` (see `cli/_dataset.py`
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from ..prompts import PromptError, check_boxes, check_inside_image, check_points
 from ._common import (
     add_backend_arguments,
     add_common_arguments,
+    conversion_mode,
     display_name,
     load_model_or_folder,
     output_bases,
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         if sam is None:
             model = load_model_or_folder(args)  # model errors end the run
             sam = SAM(model, backend=args.backend, precision=args.precision,
-                      conversion=_conversion(len(images)))
+                      conversion=conversion_mode(args.precision, one_shot=len(images) == 1))
         try:
             result = sam.predict(image, multimask_output=args.multimask, **prompt_args)[0]
             result.path = str(image_path)
@@ -172,15 +172,6 @@ def run(args: argparse.Namespace) -> int:
 
         finish_conversions()
     return 1 if failed else 0
-
-
-def _conversion(images: int) -> str | None:
-    """One image: eager torch unless the converted model is cached (converting would take
-    longer than the run); several: converted in the background meanwhile, and cached for the
-    next runs. $MOBILE_SAM_CONVERSION decides when set."""
-    if images > 1 or "MOBILE_SAM_CONVERSION" in os.environ:
-        return None
-    return "cached"
 
 
 def _write(result: Result, image_path: Path, base: Path, out: Path) -> Path:
