@@ -330,14 +330,37 @@ def test_bf16_without_amx_warns_once(monkeypatch):
 
     from mobile_sam.runtime import backends
 
-    monkeypatch.setattr(backends, "_BF16_WARNED", False)
-    with pytest.warns(RuntimeWarning, match="slower than fp32 on this CPU.*use precision='fp32'"):
+    monkeypatch.setattr(backends, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="'bf16' runs slower than fp32 on this CPU.*no AMX"
+                                            ".*use precision='fp32'"):
         assert backends.resolve_precision("bf16", "openvino", ZEN5) == "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         backends.resolve_precision("bf16", "openvino", ZEN5)  # once per process
-        monkeypatch.setattr(backends, "_BF16_WARNED", False)
+        monkeypatch.setattr(backends, "_WARNED", set())
         backends.resolve_precision("bf16", "openvino", AMX)  # faster there: no warning
+        backends.resolve_precision("bf16", "openvino", frozenset())  # unknown CPU: no claim
+
+
+def test_int8_without_vnni_warns_once(monkeypatch):
+    import warnings
+
+    from mobile_sam.runtime import backends
+
+    avx2 = frozenset({"avx2", "fma"})
+    monkeypatch.setattr(backends, "_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for flags in (ZEN5, AMX, avx2 | {"avx_vnni"}):  # int8 dot products: no warning
+            assert backends.resolve_precision("int8", "openvino", flags) == "int8"
+        backends.resolve_precision("int8", "onnxruntime", avx2)  # not measured there
+    with pytest.warns(RuntimeWarning, match="'int8' runs slower.*no VNNI.*use precision='fp32'"):
+        assert backends.resolve_precision("int8", "openvino", avx2) == "int8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.resolve_precision("int8", "openvino", avx2)  # once per process
+    with pytest.warns(RuntimeWarning, match="'bf16'"):  # each precision has its own warning
+        backends.resolve_precision("bf16", "openvino", avx2)
 
 
 def test_predictor_resolves_auto_precision(tiny_sam, monkeypatch):
