@@ -20,6 +20,7 @@ from .prompts import (
     check_prompt_batch,
     check_single_box,
     pack_prompts,
+    require_image,
 )
 from .runtime import (
     DecoderRunner,
@@ -161,10 +162,8 @@ class SamPredictor:
 
     def _require_image(self) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """The current image's embedding, original (H, W) and resized (h', w') sizes."""
-        if (not self.is_image_set or self.features is None or self.original_size is None
-                or self.input_size is None):
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        return self.features, self.original_size, self.input_size
+        return require_image(self.is_image_set, self.features, self.original_size,
+                             self.input_size)
 
     # --------------------------------------------------------------- prompts
     def predict(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -86,6 +86,19 @@ def _show(array: np.ndarray) -> Any:
 
 
 # ------------------------------------------------------------------ images
+
+
+Features = TypeVar("Features")
+
+
+def require_image(is_image_set: bool, features: Features | None,
+                  original_size: tuple[int, int] | None, input_size: tuple[int, int] | None
+                  ) -> tuple[Features, tuple[int, int], tuple[int, int]]:
+    """A predictor's current image embedding, original (H, W) and resized (h', w') sizes, or
+    the original package's error when it is prompted before `set_image`."""
+    if not is_image_set or features is None or original_size is None or input_size is None:
+        raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+    return features, original_size, input_size
 
 
 def check_image(image: Any, image_format: str = "RGB", *, long_side: int | None = None,

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..prompts import check_image, check_mask_input, check_points, check_single_box, pack_prompts
+from ..prompts import (
+    check_image,
+    check_mask_input,
+    check_points,
+    check_single_box,
+    pack_prompts,
+    require_image,
+)
 from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, mask_upscaler, prepare_image
 
 __all__ = ["OnnxDecoder", "OnnxModelError", "OnnxPredictor", "create_openvino_session",
@@ -381,10 +388,8 @@ class OnnxPredictor:
 
     def _require_image(self) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """The current image's embedding, original (H, W) and resized (h', w') sizes."""
-        if (not self.is_image_set or self.features is None or self.original_size is None
-                or self.input_size is None):
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        return self.features, self.original_size, self.input_size
+        return require_image(self.is_image_set, self.features, self.original_size,
+                             self.input_size)
 
     # --------------------------------------------------------------- prompts
     def predict(
