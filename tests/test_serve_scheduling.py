@@ -251,10 +251,12 @@ def test_click_during_an_onnx_everything_job_waits_for_one_step(tiny_sam, tmp_pa
     job_calls = [(start, n) for name, start, n in calls if name.startswith("mobile-sam-job")]
     assert sum(n for _, n in job_calls) == 256  # the job went on to the end
     assert clicked < results["everything_end"]
-    # The job yields the lock after every decoder step: no step of it starts while the
-    # click waits (holding the lock for a whole batch, it would start the rest of the batch).
+    # The job yields the lock after every decoder step: while the click waits, at most the
+    # step that took the lock just as the click arrived starts (its session call is timed
+    # after it took the lock); holding the lock for a whole batch, the job would start the
+    # rest of the batch's dozens of steps.
     [(waited_from, waited_to)] = lock.waits
-    assert [n for start, n in job_calls if waited_from <= start < waited_to] == []
+    assert len([n for start, n in job_calls if waited_from <= start < waited_to]) <= 1
     assert max(n for _, n in job_calls) == 1
 
 
